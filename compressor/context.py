@@ -1,0 +1,224 @@
+"""The RunContext that travels through the stages: model source, teacher, data, device,
+progress display and the report being built."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from rich.console import Console
+
+from compressor.checkpoint import LoadedModel, example_inputs, load_model
+from compressor.data import (
+    Batch,
+    InputLayout,
+    NamedTensorDataset,
+    collate,
+    few_shot_subset,
+    load_source,
+    make_loader,
+    parse_source,
+)
+from compressor.errors import DataError, StageError
+from compressor.metrics import MetricDef, compute_metric, get_metric
+from compressor.modeling import call_model, primary_output
+
+
+class DataBundle:
+    """The plan's data sources, loaded lazily and cached."""
+
+    def __init__(self, plan: Any, base_dir: Path, input_specs: dict[str, Any],
+                 tokenizer: Callable | None = None):
+        self.spec = plan.data
+        self.base_dir = base_dir
+        self.safe = plan.safe
+        self.layout = InputLayout.from_specs(input_specs)
+        self.tokenizer = tokenizer
+        self._cache: dict[str, Any] = {}
+
+    def has(self, split: str) -> bool:
+        if split == "calibration":
+            return self.spec.calibration is not None or self.spec.train is not None
+        return getattr(self.spec, split) is not None
+
+    def dataset(self, split: str) -> Any:
+        """The dataset of ``split`` (train, eval or calibration)."""
+        if split not in self._cache:
+            text = getattr(self.spec, split)
+            if split == "calibration" and text is None:
+                return self.dataset("train")
+            if text is None:
+                raise DataError(f"the plan has no data.{split}", hint=f"set data.{split}")
+            ref = parse_source(text, self.base_dir)
+            self._cache[split] = load_source(
+                ref, self.layout, safe=self.safe, tokenizer=self.tokenizer,
+                label_names=self.spec.label_names,
+            )
+        return self._cache[split]
+
+    def has_labels(self, split: str) -> bool:
+        ds = self.dataset(split)
+        if isinstance(ds, NamedTensorDataset):
+            return ds.target is not None
+        try:
+            return ds[0][1] is not None
+        except (TypeError, IndexError, KeyError):
+            for batch in ds:
+                return batch.target is not None
+        return False
+
+    def loader(self, split: str, *, batch_size: int | None = None, shuffle: bool = False,
+               seed: int = 0, few_shot: int | None = None, sampler_fn: Callable | None = None):
+        ds = self.dataset(split)
+        if few_shot is not None:
+            ds = few_shot_subset(ds, few_shot, seed)
+        size = batch_size or (self.spec.eval_batch_size if split == "eval" else None) or \
+            self.spec.batch_size
+        sampler = sampler_fn(ds) if sampler_fn is not None else None
+        return make_loader(ds, size, shuffle=shuffle, seed=seed,
+                           num_workers=self.spec.num_workers, sampler=sampler)
+
+    def first_batch(self, split: str, batch_size: int) -> Batch:
+        ds = self.dataset(split)
+        if isinstance(ds, NamedTensorDataset) or hasattr(ds, "__getitem__"):
+            n = min(batch_size, len(ds))
+            return collate([ds[i] for i in range(n)])
+        for batch in ds:
+            return batch
+        raise DataError(f"data.{split} is empty")
+
+
+@dataclass
+class RunContext:
+    """Everything a stage may use besides the model it transforms."""
+
+    plan: Any
+    base_dir: Path
+    loaded: LoadedModel
+    device: torch.device
+    data: DataBundle
+    console: Console = field(default_factory=Console)
+    quiet: bool = False
+    original: nn.Module | None = None  # the model before any stage (frozen, eval mode)
+    history: list[dict[str, Any]] = field(default_factory=list)  # structural edits
+    stage_reports: list[dict[str, Any]] = field(default_factory=list)
+    stage_report: dict[str, Any] = field(default_factory=dict)  # the current stage's details
+    notes: list[str] = field(default_factory=list)
+    stage_index: int = 0
+    stage_name: str = ""
+    distributed: Any = None  # compressor.distributed.DistState when under torchrun
+    _teacher: nn.Module | None = None
+    _teacher_loaded: bool = False
+    _teacher_eval: list[torch.Tensor] | None = None
+
+    # ------------------------------------------------------------ model facts
+
+    @property
+    def input_specs(self) -> dict[str, Any]:
+        return self.loaded.input_specs
+
+    def example_inputs(self, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        """Real inputs when the plan has data, else deterministic synthetic ones."""
+        if self.data.has("eval") or self.data.has("calibration"):
+            split = "eval" if self.data.has("eval") else "calibration"
+            size = batch_size or self.input_specs_batch()
+            try:
+                return self.data.first_batch(split, size).inputs
+            except DataError:
+                pass
+        if not self.input_specs:
+            raise StageError("the model has no example inputs", hint="give model.inputs")
+        return example_inputs(self.input_specs, batch_size=batch_size)
+
+    def input_specs_batch(self) -> int:
+        for spec in self.input_specs.values():
+            return spec.shape[0]
+        return 1
+
+    # ------------------------------------------------------------ seeds
+
+    def stage_seed(self, offset: int = 0) -> int:
+        """A seed per stage, so a resumed run repeats the same random choices."""
+        return int(self.plan.seed) * 1000 + self.stage_index * 17 + offset
+
+    # ------------------------------------------------------------ teacher
+
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher: the original model (default), a checkpoint, or None."""
+        if not self._teacher_loaded:
+            spec = self.plan.teacher
+            if spec == "none":
+                self._teacher = None
+            elif spec == "original":
+                self._teacher = self.original
+            else:
+                loaded = load_model(spec, self.base_dir, safe=self.plan.safe)
+                if loaded.model is None:
+                    raise StageError("the teacher must be a PyTorch model, not an ONNX file")
+                self._teacher = loaded.model
+            if self._teacher is not None:
+                self._teacher.eval().requires_grad_(False).to(self.device)
+            self._teacher_loaded = True
+        return self._teacher
+
+    # ------------------------------------------------------------ metric
+
+    def metric(self) -> MetricDef | None:
+        if not self.data.has("eval"):
+            return None
+        if self.plan.data.metric:
+            return get_metric(self.plan.data.metric)
+        return get_metric("accuracy" if self.data.has_labels("eval") else "cosine")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, *, max_batches: int | None = None) -> float | None:
+        """The plan's metric of ``model`` on the eval data (None without eval data)."""
+        metric = self.metric()
+        if metric is None:
+            return None
+        was_training = model.training
+        model.eval()
+        outputs, targets, inputs_seen = [], [], []
+        for i, batch in enumerate(self.data.loader("eval")):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = batch.to(self.device)
+            outputs.append(primary_output(call_model(model, batch.inputs)).float().cpu())
+            targets.append(batch.target.cpu() if batch.target is not None else None)
+            if metric.needs_teacher:
+                inputs_seen.append(batch)
+        teacher_outputs = None
+        if metric.needs_teacher:
+            teacher = self.teacher()
+            if teacher is None:
+                raise StageError(f"metric {metric.name!r} needs a teacher",
+                                 hint="set teacher: original")
+            if self._teacher_eval is None or max_batches is not None:
+                cached = [primary_output(call_model(teacher, b.inputs)).float().cpu()
+                          for b in inputs_seen]
+                if max_batches is None:
+                    self._teacher_eval = cached
+                teacher_outputs = cached
+            else:
+                teacher_outputs = self._teacher_eval
+        model.train(was_training)
+        return compute_metric(metric, outputs, targets, teacher_outputs)
+
+    # ------------------------------------------------------------ output
+
+    def log(self, message: str) -> None:
+        if not self.quiet and self.is_main_process:
+            self.console.print(message)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.distributed is None or self.distributed.rank == 0
+
+    def frozen_copy(self, model: nn.Module) -> nn.Module:
+        clone = copy.deepcopy(model)
+        return clone.eval().requires_grad_(False)

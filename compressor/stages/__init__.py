@@ -1,0 +1,3 @@
+"""Built-in stages. Importing this package registers them (see ``registry``)."""
+
+from compressor.stages import finetune, prune  # noqa: F401  (registration side effects)

@@ -1,0 +1,30 @@
+"""The ``finetune`` stage: train the (compressed) model on the task's labelled data."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from compressor.modeling import call_model, primary_output
+from compressor.stages.registry import register_stage
+from compressor.training import TrainingOptions, task_loss, train
+
+
+class FinetuneConfig(TrainingOptions):
+    few_shot: int | None = Field(
+        None, ge=1, description="Train on only this many labelled examples per class."
+    )
+
+
+@register_stage("finetune", FinetuneConfig, "Fine-tune on labelled training data.")
+def apply(model, cfg: FinetuneConfig, ctx):
+    loader = ctx.data.loader(
+        "train", batch_size=cfg.batch_size, shuffle=True, seed=ctx.stage_seed(),
+        few_shot=cfg.few_shot,
+    )
+
+    def loss_fn(m, batch):
+        return task_loss(primary_output(call_model(m, batch.inputs)), batch.target), {}
+
+    summary = train(model, cfg, ctx, loss_fn, loader=loader, description="finetune")
+    ctx.stage_report["training"] = summary.to_dict()
+    return model

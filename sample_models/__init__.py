@@ -1,0 +1,1 @@
+"""Small real models with their training scripts, checkpoints and plans."""
