@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import pickletools
 import warnings
 import zipfile
@@ -56,33 +57,41 @@ class LoadedModel:
 # ------------------------------------------------------------------ raw readers
 
 
-def _pickle_globals(path: Path) -> list[str]:
-    """Names of the Python objects a pickle-based torch file would create (read, not run)."""
+def _pickle_globals(path: Path) -> list[str] | None:
+    """Names of the Python objects a pickle-based torch file would create (read, not run).
+
+    Returns None when the bytes are not a well-formed pickle (a corrupt file).
+    """
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
                 if name is None:
-                    return []
-                data = zf.read(name)
+                    return None
+                stream = io.BytesIO(zf.read(name))
+                pickles = 1
         else:
-            data = path.read_bytes()
+            stream = io.BytesIO(path.read_bytes())
+            pickles = 5  # legacy format: magic number, protocol, sys info, then the objects
     except (OSError, zipfile.BadZipFile):
-        return []
+        return None
     names: list[str] = []
-    strings: list[str] = []
-    try:
-        for opcode, arg, _pos in pickletools.genops(data):
-            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(str(arg))
-            elif opcode.name == "GLOBAL":
-                names.append(str(arg).replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                names.append(f"{strings[-2]}.{strings[-1]}")
-            elif opcode.name == "STOP":
-                break
-    except Exception:  # a malformed pickle: torch.load reports it
-        pass
+    for index in range(pickles):
+        if stream.tell() >= len(stream.getbuffer()):
+            break
+        strings: list[str] = []
+        try:
+            for opcode, arg, _pos in pickletools.genops(stream):
+                if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif opcode.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+        except Exception:  # not a pickle (or the tensor bytes after the legacy pickles)
+            if index == 0:
+                return None
+            break
     return names
 
 
@@ -106,7 +115,13 @@ def _torch_load(path: Path, *, trust_pickle: bool, what: str) -> Any:
                 f"{what} {path} is not a readable PyTorch file ({_first_line(message)})",
                 hint="the file may be truncated or corrupt; re-save it",
             ) from None
-        objects = [g for g in _pickle_globals(path) if not g.startswith(("torch.", "collections."))]
+        found = _pickle_globals(path)
+        if found is None:
+            raise CheckpointError(
+                f"{what} {path} is not a readable PyTorch file (not a valid pickle)",
+                hint="the file may be truncated or corrupt; re-save it",
+            ) from None
+        objects = [g for g in found if not g.startswith(("torch.", "collections."))]
         shown = ", ".join(sorted(set(objects))[:5]) or "non-tensor objects"
         if not trust_pickle:
             raise CheckpointError(
@@ -331,7 +346,8 @@ def load_model(spec: Any, base_dir: Path | None = None, *, safe: bool = False,
             n: InputSpec.model_validate(s) for n, s in loaded.inputs.items()
         }
         return LoadedModel(loaded.model, "compressed", path, loaded.architecture, inputs,
-                           manifest=loaded.manifest, history=loaded.history)
+                           manifest=loaded.manifest, history=loaded.history,
+                           tokenizer=_tokenizer_for(spec, base_dir))
 
     obj = read_tensor_mapping(path, trust_pickle=spec.trust_pickle)
     if isinstance(obj, nn.Module):
@@ -349,4 +365,14 @@ def load_model(spec: Any, base_dir: Path | None = None, *, safe: bool = False,
     fit_state_dict(model, state, path, spec.architecture)
     model.eval()
     arch = ArchitectureRef("factory", spec.architecture, dict(spec.kwargs))
-    return LoadedModel(model, kind, path, arch, dict(spec.inputs))
+    return LoadedModel(model, kind, path, arch, dict(spec.inputs),
+                       tokenizer=_tokenizer_for(spec, base_dir))
+
+
+def _tokenizer_for(spec: Any, base_dir: Path | None):
+    """The plan's ``model.tokenizer`` as a callable, or None."""
+    if not spec.tokenizer:
+        return None
+    from compressor.tokenization import load_tokenizer, sequence_length
+
+    return load_tokenizer(resolve_path(spec.tokenizer, base_dir), sequence_length(spec.inputs))

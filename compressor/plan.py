@@ -36,7 +36,7 @@ def check_import_ref(value: str | None, what: str) -> str | None:
     if value is not None and not IMPORT_REF.match(value):
         raise ValueError(
             f"{what} must look like 'package.module:function' (a dotted module path, a colon, "
-            f"then the attribute), got {value!r}"
+            "then the attribute)"
         )
     return value
 
@@ -128,9 +128,6 @@ class DataSpec(StrictModel):
     eval_batch_size: PositiveInt | None = None
     metric: Literal[METRICS] | None = Field(  # type: ignore[valid-type]
         None, description="Default: accuracy with labels, cosine (to the teacher) without."
-    )
-    max_length: PositiveInt | None = Field(
-        None, description="Token sequence length for text data (default: the input's shape)."
     )
     label_names: list[str] | None = Field(
         None, description="Class names in index order, when text data labels are strings."

@@ -255,9 +255,14 @@ def format_validation_error(error: ValidationError, smap: SourceMap,
         elif kind == "missing":
             problems.append(f"{where}: {_dotted(loc)}: required field is missing")
         elif kind == "invalid_stage":
+            from compressor.stages.registry import stage_defs
+
             given = err.get("input")
             shown = list(given) if isinstance(given, dict) else _short(given)
-            problems.append(f"{where}: {_dotted(loc)}: {err['msg']} (got {shown})")
+            guess = difflib.get_close_matches(str(shown[0]), list(stage_defs()), n=1) if (
+                isinstance(given, dict) and len(given) == 1) else []
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            problems.append(f"{where}: {_dotted(loc)}: {err['msg']} (got {shown}){hint}")
         else:
             msg = err["msg"]
             if msg.startswith("Value error, "):
@@ -314,12 +319,31 @@ def load_plan(path: str | Path, overrides: list[str] | None = None, *,
         plan = Plan.model_validate(data)
     except ValidationError as e:
         problems = format_validation_error(e, smap, Plan)
+        if check_files:
+            problems += _raw_file_checks(data, smap, path.resolve().parent)
         raise PlanError(f"{len(problems)} problem(s) in {path}", problems) from None
     loaded = LoadedPlan(plan, path.resolve(), smap)
     problems = check_plan(loaded, check_files=check_files)
     if problems:
         raise PlanError(f"{len(problems)} problem(s) in {path}", problems)
     return loaded
+
+
+def _raw_file_checks(data: dict, smap: SourceMap, base: Path) -> list[str]:
+    """File checks on the raw plan, so a schema error does not hide a missing file."""
+    problems = []
+    for section in ("model", "teacher"):
+        spec = data.get(section)
+        if not isinstance(spec, dict):
+            continue
+        for key in ("checkpoint", "hf"):
+            value = spec.get(key)
+            if isinstance(value, str):
+                path = Path(value) if Path(value).is_absolute() else base / value
+                if not path.exists():
+                    loc = (section, key)
+                    problems.append(f"{smap.where(loc)}: {_dotted(loc)}: {path} does not exist")
+    return problems
 
 
 def check_plan(loaded: LoadedPlan, *, check_files: bool = True) -> list[str]:
@@ -346,7 +370,7 @@ def check_plan(loaded: LoadedPlan, *, check_files: bool = True) -> list[str]:
         if spec.checkpoint is not None:
             path = resolve_path(spec.checkpoint, base)
             if check_files and not path.is_file():
-                add((*loc, "checkpoint"), f"file {path} does not exist")
+                add((*loc, "checkpoint"), f"{path} does not exist")
             bench_only = path.suffix.lower() == ".onnx"
             if bench_only and plan.stages and loc == ("model",):
                 add((*loc, "checkpoint"), "an .onnx file can be benchmarked but not compressed; "
@@ -385,7 +409,7 @@ def check_plan(loaded: LoadedPlan, *, check_files: bool = True) -> list[str]:
                 "(name: {shape: [...], dtype: ...})")
         if TRAIN_DATA in needs and plan.data.train is None:
             add(loc, f"the {name} stage needs training data: set data.train")
-        if LABELS in needs and plan.data.train is None:
+        if LABELS in needs and TRAIN_DATA not in needs and plan.data.train is None:
             add(loc, f"the {name} stage needs labelled training data: set data.train")
         if CALIBRATION_DATA in needs and plan.data.calibration is None and plan.data.train is None:
             add(loc, f"the {name} stage needs calibration data: set data.calibration or data.train")

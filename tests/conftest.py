@@ -1,0 +1,44 @@
+"""Shared fixtures: the repository's sample models and a helper to write plans."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_models"
+
+# Two cores: keep torch from oversubscribing when pytest-xdist or helpers run in parallel.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def write_plan(tmp_path: Path):
+    """Write a plan (YAML text) into a temporary folder and return its path."""
+
+    def write(text: str, name: str = "plan.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def cnn_model_block(checkpoint: Path | None = None) -> str:
+    """The ``model:`` section for the sample digits CNN (absolute checkpoint path)."""
+    ckpt = checkpoint or SAMPLES / "digits_cnn" / "model.safetensors"
+    return (
+        "model:\n"
+        f"  checkpoint: {ckpt}\n"
+        "  architecture: sample_models.digits_cnn.model:build\n"
+        "  inputs:\n"
+        "    x: {shape: [1, 1, 8, 8], dtype: float32, low: 0.0, high: 1.0}\n"
+    )
