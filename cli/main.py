@@ -7,6 +7,8 @@ Exit codes: 0 success, 1 a quality gate failed, 2 bad input, 3 runtime failure,
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -67,10 +69,17 @@ def run(
     safe: Annotated[
         bool, typer.Option("--safe", help="Refuse imports and pickles from the plan (CI on PRs).")
     ] = False,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Train on N local processes (runs torchrun).")
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Less output.")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Run a plan: load, compress, export, measure, check gates."""
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from compressor.distributed import launch
+
+        raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     with handle_errors(debug):
         from compressor.plan_io import load_plan
 
@@ -90,6 +99,19 @@ def run(
 
         print_run_result(result)
         raise typer.Exit(result.exit_code)
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--nproc 2`` or ``--nproc=2``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def _parse_gates(items: list[str]) -> dict[str, float]:

@@ -175,16 +175,59 @@ class RunContext:
             return get_metric(self.plan.data.metric)
         return get_metric("accuracy" if self.data.has_labels("eval") else "cosine")
 
+    def train_loader(self, *, batch_size: int | None = None, few_shot: int | None = None,
+                     seed: int | None = None, split: str = "train"):
+        """Shuffled training batches; under torchrun each rank gets its own shard."""
+        seed = self.stage_seed() if seed is None else seed
+        sampler_fn = None
+        if self.distributed is not None:
+            from torch.utils.data.distributed import DistributedSampler
+
+            state = self.distributed
+
+            def sampler_fn(ds):
+                return DistributedSampler(ds, num_replicas=state.world_size, rank=state.rank,
+                                          shuffle=True, seed=seed)
+        return self.data.loader(split, batch_size=batch_size, shuffle=True, seed=seed,
+                                few_shot=few_shot, sampler_fn=sampler_fn)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's value on every rank (decisions such as which units to prune)."""
+        from compressor.distributed import broadcast_object
+
+        return broadcast_object(obj, self.distributed)
+
+    def _eval_batches(self):
+        loader = self.data.loader("eval")
+        if self.distributed is None:
+            yield from loader
+            return
+        # Each rank evaluates every world_size-th batch; results are gathered below.
+        for i, batch in enumerate(loader):
+            if i % self.distributed.world_size == self.distributed.rank:
+                yield batch
+
+    def _gather(self, tensors: list) -> list:
+        if self.distributed is None:
+            return tensors
+        from compressor.distributed import all_gather_objects
+
+        return [t for part in all_gather_objects(tensors, self.distributed) for t in part]
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, *, max_batches: int | None = None) -> float | None:
-        """The plan's metric of ``model`` on the eval data (None without eval data)."""
+        """The plan's metric of ``model`` on the eval data (None without eval data).
+
+        Under torchrun the batches are split across ranks and the outputs gathered, so
+        every rank computes the same value over the whole set.
+        """
         metric = self.metric()
         if metric is None:
             return None
         was_training = model.training
         model.eval()
         outputs, targets, inputs_seen = [], [], []
-        for i, batch in enumerate(self.data.loader("eval")):
+        for i, batch in enumerate(self._eval_batches()):
             if max_batches is not None and i >= max_batches:
                 break
             batch = batch.to(self.device)
@@ -207,6 +250,9 @@ class RunContext:
             else:
                 teacher_outputs = self._teacher_eval
         model.train(was_training)
+        outputs, targets = self._gather(outputs), self._gather(targets)
+        if teacher_outputs is not None and self.distributed is not None:
+            teacher_outputs = self._gather(teacher_outputs)
         return compute_metric(metric, outputs, targets, teacher_outputs)
 
     # ------------------------------------------------------------ output

@@ -156,10 +156,10 @@ def run_plan(
     plan = loaded_plan.plan
     console = console or Console()
     out = Path(out_dir) if out_dir else default_out_dir(loaded_plan)
-    device = resolve_device(plan.device)
     from compressor import distributed
 
     dist = distributed.current()
+    device = distributed.device_for(dist, resolve_device(plan.device))
     lock = OutputLock(out) if dist is None or dist.rank == 0 else None
     if lock is not None:
         lock.__enter__()

@@ -159,7 +159,7 @@ def train(
     model.to(device).train()
     extra_params = list(extra_params)
     if loader is None:
-        loader = ctx.data.loader("train", batch_size=opts.batch_size, shuffle=True, seed=seed)
+        loader = ctx.train_loader(batch_size=opts.batch_size, seed=seed)
     try:
         batches_per_epoch = len(loader)
     except TypeError:
@@ -177,7 +177,17 @@ def train(
     def build_optimizer() -> torch.optim.Optimizer:
         return make_optimizer([*model.parameters(), *extra_params], opts)
 
+    def wrap(m: nn.Module) -> nn.Module:
+        # Gradients are averaged across ranks by DDP; every rank keeps identical weights.
+        if ctx.distributed is None:
+            return m
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(m, device_ids=ids)
+
     optimizer = build_optimizer()
+    trained = wrap(model)
     scaler = torch.amp.GradScaler(device.type) if (
         opts.precision == "fp16" and device.type == "cuda") else None
     higher_better = (ctx.metric().higher_is_better if ctx.metric() else True)
@@ -229,12 +239,15 @@ def train(
         epoch = 0
         keep_going = True
         while keep_going and step < total_steps:
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on all ranks
             for batch in loader:
                 batch = batch.to(device)
                 for group in optimizer.param_groups:
                     group["lr"] = opts.lr * lr_factor(step, total_steps, warmup_steps, opts.schedule)
                 with autocast_context(device, opts.precision):
-                    loss, _logs = loss_fn(model, batch)
+                    loss, _logs = loss_fn(trained, batch)
                 if not torch.isfinite(loss):
                     if _same_shapes(model, last_good):
                         model.load_state_dict(last_good)
@@ -266,6 +279,7 @@ def train(
                 running_loss = value if running_loss is None else 0.9 * running_loss + 0.1 * value
                 if on_step is not None and on_step(step, total_steps):
                     optimizer = build_optimizer()
+                    trained = wrap(model)
                     best_state, best_metric = None, None  # old shapes no longer apply
                     last_good = _state_copy(model)
                 elapsed = time.perf_counter() - start

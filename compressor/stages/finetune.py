@@ -17,10 +17,7 @@ class FinetuneConfig(TrainingOptions):
 
 @register_stage("finetune", FinetuneConfig, "Fine-tune on labelled training data.")
 def apply(model, cfg: FinetuneConfig, ctx):
-    loader = ctx.data.loader(
-        "train", batch_size=cfg.batch_size, shuffle=True, seed=ctx.stage_seed(),
-        few_shot=cfg.few_shot,
-    )
+    loader = ctx.train_loader(batch_size=cfg.batch_size, few_shot=cfg.few_shot)
 
     def loss_fn(m, batch):
         return task_loss(primary_output(call_model(m, batch.inputs)), batch.target), {}
