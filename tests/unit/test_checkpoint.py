@@ -197,3 +197,26 @@ def test_compress_output_rebuilds_without_architecture_in_plan(tmp_path, state, 
     assert loaded.kind == "compressed"
     assert list(loaded.input_specs) == ["x"]
     assert torch.equal(outputs(loaded), reference)
+
+
+class _Exploit:
+    """Unpickling this calls os.system: it would create a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".bin", ".ckpt"])
+def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, suffix):
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _Exploit(marker)}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model(spec(path))
+    assert not marker.exists()
+    assert "system" in str(info.value) and "was not unpickled" in str(info.value)
