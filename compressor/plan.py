@@ -174,6 +174,13 @@ class BenchSpec(StrictModel):
     rounds: PositiveInt = Field(5, description="Interleaved rounds across the models.")
     iterations: PositiveInt = Field(10, description="Timed calls per model per round.")
     threads: PositiveInt | None = Field(None, description="Default: the machine's physical cores.")
+    budget_s: float | None = Field(
+        30.0, gt=0, description="Seconds per runtime/device/shape: when calls are slow, fewer "
+        "timed calls per round (at least one; the report shows how many were taken).",
+    )
+    memory: bool = Field(
+        True, description="Measure peak memory (a fresh process per model and runtime)."
+    )
 
 
 class GatesSpec(StrictModel):
@@ -259,6 +266,18 @@ class Plan(StrictModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     bench: BenchSpec = Field(default_factory=BenchSpec)
     gates: GatesSpec = Field(default_factory=GatesSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        # `gates:` followed only by comments parses as null: it means "the defaults".
+        if isinstance(data, dict):
+            for key in ("data", "export", "bench", "gates"):
+                if key in data and data[key] is None:
+                    data = {**data, key: {}}
+            if data.get("stages", []) is None:
+                data = {**data, "stages": []}
+        return data
 
     def stage_list(self) -> list[tuple[str, StageConfig]]:
         """The stages as ``(name, config)`` pairs, in order."""
