@@ -188,6 +188,8 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
     data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
     ctx = RunContext(plan=plan, base_dir=loaded_plan.base_dir, loaded=loaded, device=device,
                      data=data, console=console, quiet=quiet, distributed=dist)
+    # Refuse an impossible export now, not after an hour of training.
+    export_mod.check_formats(ctx, plan.export.formats)
     model = loaded.model.to(device)
     ctx.original = ctx.frozen_copy(model)
     ctx.history = list(loaded.history)

@@ -1,0 +1,109 @@
+"""Quality gates for CI: each compares one measured figure of a run report with a bound.
+
+A gate whose figure was not measured (no eval data, bench skipped) fails: a CI job that asks
+for ``min_speedup`` must not pass because nothing was timed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# gate -> (comparison, what the figure is)
+GATES: dict[str, tuple[str, str]] = {
+    "max_metric_drop": ("<=", "metric drop (original - compressed, in metric units)"),
+    "min_metric": (">=", "compressed metric"),
+    "min_speedup": (">=", "speedup (original / compressed p50 latency)"),
+    "max_size_ratio": ("<=", "size ratio (compressed / original bytes)"),
+    "max_params_ratio": ("<=", "parameter ratio"),
+    "max_macs_ratio": ("<=", "MAC ratio"),
+    "max_latency_ms": ("<=", "compressed p50 latency in ms"),
+}
+
+
+def _measured(report: dict[str, Any], gate: str) -> tuple[float | None, str, str]:
+    """(value, where it was measured, why it is missing)."""
+    ratios = report.get("ratios") or {}
+    metric = report.get("metric") or {}
+    bench = report.get("bench") or {}
+    prim = bench.get("primary") or {}
+    where = f"{prim.get('runtime')}, {prim.get('device')}, batch {prim.get('key')}" if prim else ""
+    no_bench = "no latency was measured (bench disabled or --no-bench)"
+    no_metric = "no metric was measured (the plan has no data.eval)"
+    if gate == "max_metric_drop":
+        return metric.get("drop"), metric.get("name", ""), no_metric
+    if gate == "min_metric":
+        return metric.get("after"), metric.get("name", ""), no_metric
+    if gate == "min_speedup":
+        return ratios.get("speedup"), where, no_bench
+    if gate == "max_latency_ms":
+        lat = report.get("models", {}).get("compressed", {}).get("latency_ms") or {}
+        value = (
+            (
+                lat.get(prim.get("runtime"), {})
+                .get(prim.get("device"), {})
+                .get(prim.get("key"), {})
+                .get("p50")
+            )
+            if prim
+            else None
+        )
+        return value, f"p50, {where}", no_bench
+    if gate == "max_size_ratio":
+        return ratios.get("size"), ratios.get("size_basis") or "", "no size was measured"
+    if gate == "max_params_ratio":
+        return ratios.get("params"), "", "no parameter count (no example inputs)"
+    if gate == "max_macs_ratio":
+        return ratios.get("macs"), "", "no MAC count (no example inputs)"
+    raise KeyError(gate)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def check_gates(
+    report: dict[str, Any], gates_spec: Any, extra_gates: dict[str, float] | None = None
+) -> list[str]:
+    """Evaluate the plan's gates (``extra_gates`` from ``--gate`` override them).
+
+    Fills ``report["gates"]["checked"]`` with ``{gate, value, bound, op, passed, detail}``.
+
+    Returns:
+        One message per failed gate, naming the gate, the measured value and the bound.
+    """
+    bounds = {
+        k: v
+        for k, v in (gates_spec.model_dump() if gates_spec is not None else {}).items()
+        if v is not None
+    }
+    bounds.update(extra_gates or {})
+    checked, failures = [], []
+    for gate, bound in bounds.items():
+        if gate not in GATES:
+            failures.append(f"{gate}: unknown gate (known: {', '.join(GATES)})")
+            continue
+        op, meaning = GATES[gate]
+        value, where, missing = _measured(report, gate)
+        detail = f"{meaning}" + (f"; {where}" if where else "")
+        if value is None:
+            passed = False
+            failures.append(f"{gate}: not measured ({missing}); bound {op} {_fmt(bound)}")
+        else:
+            passed = value <= bound if op == "<=" else value >= bound
+            if not passed:
+                failures.append(
+                    f"{gate}: measured {_fmt(value)} ({detail}), bound {op} {_fmt(bound)}"
+                )
+        checked.append(
+            {
+                "gate": gate,
+                "value": value,
+                "bound": bound,
+                "op": op,
+                "passed": passed,
+                "detail": detail,
+            }
+        )
+    report.setdefault("gates", {})["checked"] = checked
+    report["gates"]["failed"] = failures
+    return failures
