@@ -30,8 +30,7 @@ from compressor.errors import CheckpointError
 from compressor.modeling import TORCH_DTYPES
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network",
-                   "weights")
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights")
 STRIP_PREFIXES = ("model.", "module.", "_orig_mod.", "net.", "network.")
 
 
@@ -40,7 +39,8 @@ class LoadedModel:
     """A loaded model plus what the rest of the pipeline needs to know about it."""
 
     model: nn.Module | None
-    kind: str  # state_dict | training_checkpoint | compressed | pickled_module | hf | torchscript | onnx
+    # state_dict | training_checkpoint | compressed | pickled_module | hf | torchscript | onnx
+    kind: str
     path: Path
     architecture: ArchitectureRef | None
     input_specs: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +99,7 @@ def is_torchscript(path: Path) -> bool:
     try:
         if not zipfile.is_zipfile(path):
             return False
-    except OSError:
+    except Exception:  # is_zipfile itself raises BadZipFile on some corrupt archives
         return False
     try:
         with zipfile.ZipFile(path) as zf:
@@ -158,9 +158,7 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else "no details"
 
 
-def read_tensor_mapping(
-    path: Path, *, trust_pickle: bool = False, what: str = "checkpoint"
-) -> Any:
+def read_tensor_mapping(path: Path, *, trust_pickle: bool = False, what: str = "checkpoint") -> Any:
     """Read a tensors file: a name->tensor mapping (or, when trusted, any pickled object)."""
     path = Path(path)
     if not path.exists():
@@ -202,12 +200,16 @@ def read_tensor_mapping(
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
-def extract_state_dict(obj: Any, path: Path, key: str | None) -> tuple[dict[str, torch.Tensor], str]:
+def extract_state_dict(
+    obj: Any, path: Path, key: str | None
+) -> tuple[dict[str, torch.Tensor], str]:
     """Find the state dict inside a loaded file: itself, ``obj[key]``, or a known key."""
     if key is not None:
         node = obj
@@ -248,7 +250,7 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
     expected = model.state_dict()
     if not set(state) & set(expected):
         for prefix in STRIP_PREFIXES:
-            stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if set(stripped) & set(expected):
                 state = stripped
                 break
@@ -312,13 +314,30 @@ def resolve_path(path: str | Path, base_dir: Path | None) -> Path:
     return p if p.is_absolute() or base_dir is None else base_dir / p
 
 
-def load_model(spec: Any, base_dir: Path | None = None, *, safe: bool = False,
-               allowed_imports: list[str] | None = None) -> LoadedModel:
+def load_model(
+    spec: Any,
+    base_dir: Path | None = None,
+    *,
+    safe: bool = False,
+    allowed_imports: list[str] | None = None,
+) -> LoadedModel:
     """Load the model a plan's ``model:`` (or ``teacher:``) section describes.
+
+    Args:
+        spec: the plan's ``ModelSpec`` (or ``TeacherSpec``).
+        base_dir: the plan's folder; relative paths resolve against it.
+        safe: safe mode: refuse ``trust_pickle`` and imports not explicitly allowed.
+        allowed_imports: module prefixes safe mode may import (``--allow-import``).
 
     Raises:
         CheckpointError: with the file and the fix, for every failure a user can cause.
     """
+    if safe and spec.trust_pickle:
+        raise CheckpointError(
+            f"trust_pickle: true asks to unpickle {spec.checkpoint or spec.hf}, which safe mode "
+            "refuses (unpickling runs code stored in the file)",
+            hint="convert the checkpoint to a state dict (.safetensors), or run without --safe",
+        )
     if spec.hf is not None:
         from compressor.hf import load_hf_folder
 
@@ -348,28 +367,43 @@ def load_model(spec: Any, base_dir: Path | None = None, *, safe: bool = False,
         inputs = dict(spec.inputs) or {
             n: InputSpec.model_validate(s) for n, s in loaded.inputs.items()
         }
-        return LoadedModel(loaded.model, "compressed", path, loaded.architecture, inputs,
-                           manifest=loaded.manifest, history=loaded.history,
-                           tokenizer=_tokenizer_for(spec, base_dir))
+        return LoadedModel(
+            loaded.model,
+            "compressed",
+            path,
+            loaded.architecture,
+            inputs,
+            manifest=loaded.manifest,
+            history=loaded.history,
+            tokenizer=_tokenizer_for(spec, base_dir),
+        )
 
     obj = read_tensor_mapping(path, trust_pickle=spec.trust_pickle)
     if isinstance(obj, nn.Module):
-        return LoadedModel(obj, "pickled_module", path, None, dict(spec.inputs),
-                           notes=["loaded by unpickling (trust_pickle: true)"])
+        return LoadedModel(
+            obj,
+            "pickled_module",
+            path,
+            None,
+            dict(spec.inputs),
+            notes=["loaded by unpickling (trust_pickle: true)"],
+        )
     state, kind = extract_state_dict(obj, path, spec.state_dict_key)
     if not spec.architecture:
         raise CheckpointError(
             f"checkpoint {path} is a state dict; compress needs the code that builds the model",
             hint="set model.architecture: 'package.module:factory' (and model.kwargs)",
         )
-    factory = resolve_import(spec.architecture, what="model.architecture", safe=safe,
-                             allowed_prefixes=allowed_imports)
+    factory = resolve_import(
+        spec.architecture, what="model.architecture", safe=safe, allowed_prefixes=allowed_imports
+    )
     model = call_factory(factory, spec.architecture, dict(spec.kwargs))
     fit_state_dict(model, state, path, spec.architecture)
     model.eval()
     arch = ArchitectureRef("factory", spec.architecture, dict(spec.kwargs))
-    return LoadedModel(model, kind, path, arch, dict(spec.inputs),
-                       tokenizer=_tokenizer_for(spec, base_dir))
+    return LoadedModel(
+        model, kind, path, arch, dict(spec.inputs), tokenizer=_tokenizer_for(spec, base_dir)
+    )
 
 
 def _tokenizer_for(spec: Any, base_dir: Path | None):

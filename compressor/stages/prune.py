@@ -1,12 +1,50 @@
-"""The ``prune`` stage: structured pruning that physically removes units."""
+"""The ``prune`` stage: structured pruning that physically removes units.
+
+Each step: trace the model's coupled groups (``compressor.graph``), score every unit
+(``compressor.importance``), decide how many units each group loses
+(``compressor.graph.schedule``), remove them, check the outputs kept their shapes. With
+``steps > 1`` the amount (or target) is reached gradually, fine-tuning in between when the
+plan has labelled training data.
+
+How much each group loses, first rule that applies:
+
+1. ``amounts: {pattern: fraction}`` — the first pattern matching the group's root module (or
+   a producer, or its attention module);
+2. ``heads`` for attention-head groups, ``ffn`` for the MLP width of transformer blocks;
+3. ``amount`` for every other group, or, with ``target: {params|macs: r}``, one fraction
+   found by bisection so that the model keeps at most ``r`` of its original count. Each try
+   is measured exactly on a throwaway (meta-tensor) copy, so the target holds as closely as
+   ``round_to`` and whole heads allow.
+
+``scope: per-layer`` removes that fraction from each group; ``scope: global`` removes it from
+the pool of all such groups, lowest scores first, so groups lose different amounts.
+``max_amount`` caps what any group loses; ``round_to`` keeps widths multiples of it.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+import torch
+from pydantic import Field, field_validator, model_validator
 
 from compressor.config_base import StrictModel
+from compressor.errors import StageError
+from compressor.graph import (
+    FFN,
+    HEADS,
+    StructureGraph,
+    UnitGroup,
+    check_pattern,
+    check_supported,
+    first_match,
+)
+from compressor.graph import schedule as sched
+from compressor.graph.probe import WidthProbe
+from compressor.importance import CRITERIA, score_groups
+from compressor.modeling import call_model, count_macs, count_params, primary_output
 from compressor.stages.registry import (
     CALIBRATION_DATA,
     EXAMPLE_INPUTS,
@@ -15,10 +53,11 @@ from compressor.stages.registry import (
     StageConfig,
     register_stage,
 )
+from compressor.training import TrainingOptions, task_loss, train
 
 
 class PruneTarget(StrictModel):
-    """Prune until the model keeps this fraction of its parameters or MACs."""
+    """Prune until the model keeps at most this fraction of its parameters or MACs."""
 
     params: float | None = Field(None, gt=0, lt=1)
     macs: float | None = Field(None, gt=0, lt=1)
@@ -29,32 +68,85 @@ class PruneTarget(StrictModel):
             raise ValueError("give exactly one of 'params' or 'macs' (the fraction to keep)")
         return self
 
+    @property
+    def what(self) -> str:
+        return "params" if self.params is not None else "macs"
+
+    @property
+    def keep(self) -> float:
+        return self.params if self.params is not None else self.macs  # type: ignore[return-value]
+
 
 class PruneConfig(StageConfig):
     amount: float | None = Field(
         None, ge=0, lt=1, description="Fraction of units (channels, neurons) removed per group."
     )
-    target: PruneTarget | None = None
-    criterion: Literal["l1", "l2", "taylor", "activation", "bn-scale", "random"] = "l2"
-    scope: Literal["global", "per-layer"] = "per-layer"
-    steps: int = Field(1, ge=1, le=100)
+    target: PruneTarget | None = Field(
+        None, description="Keep at most this fraction of the parameters or MACs."
+    )
+    criterion: Literal[CRITERIA] = Field(  # type: ignore[valid-type]
+        "l2",
+        description="How units are ranked (taylor needs labelled data, activation "
+        "calibration data).",
+    )
+    scope: Literal["global", "per-layer"] = Field(
+        "per-layer", description="Rank units within each group, or across all groups."
+    )
+    steps: int = Field(1, ge=1, le=100, description="Reach the amount/target in this many steps.")
     finetune_epochs: float = Field(
         1.0, ge=0, description="Fine-tuning between iterative steps (needs training data)."
     )
-    round_to: int | None = Field(None, ge=1)
-    modules: list[str] = Field(default_factory=list)
-    ignore: list[str] = Field(default_factory=list)
-    amounts: dict[str, float] = Field(default_factory=dict)
-    heads: float | None = Field(None, ge=0, lt=1)
-    ffn: float | None = Field(None, ge=0, lt=1)
-    calibration_batches: int = Field(8, ge=1)
+    finetune_lr: float = Field(1e-3, gt=0, description="Learning rate of that fine-tuning.")
+    round_to: int | None = Field(None, ge=1, description="Keep widths multiples of this.")
+    modules: list[str] = Field(
+        default_factory=list, description="Only prune groups of these modules (names or re:)."
+    )
+    ignore: list[str] = Field(
+        default_factory=list, description="Never touch these modules (names or re:)."
+    )
+    amounts: dict[str, float] = Field(
+        default_factory=dict, description="Per-pattern fractions; the first match wins."
+    )
+    heads: float | None = Field(None, ge=0, lt=1, description="Fraction of attention heads.")
+    ffn: float | None = Field(None, ge=0, lt=1, description="Fraction of transformer MLP width.")
+    prune_hidden: bool = Field(
+        False, description="Also prune the hidden size (embedding width / residual stream)."
+    )
+    max_amount: float = Field(
+        0.9, gt=0, lt=1, description="No group loses more than this fraction of its units."
+    )
+    calibration_batches: int = Field(
+        8, ge=1, description="Batches used by the taylor and activation criteria."
+    )
+
+    @field_validator("modules", "ignore")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        return [check_pattern(p) for p in value]
+
+    @field_validator("amounts")
+    @classmethod
+    def _amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        for pattern, fraction in value.items():
+            check_pattern(pattern)
+            if not 0 <= fraction < 1:
+                raise ValueError(f"amounts[{pattern!r}] = {fraction} must be in [0, 1)")
+        return value
 
     @model_validator(mode="after")
     def _something_to_do(self) -> PruneConfig:
         if self.amount is not None and self.target is not None:
             raise ValueError("give 'amount' or 'target', not both")
-        if self.amount is None and self.target is None and self.heads is None and self.ffn is None:
-            raise ValueError("say how much to prune: 'amount', 'target', 'heads' or 'ffn'")
+        if (
+            self.amount is None
+            and self.target is None
+            and self.heads is None
+            and self.ffn is None
+            and not self.amounts
+        ):
+            raise ValueError(
+                "say how much to prune: 'amount', 'target', 'heads', 'ffn' or 'amounts'"
+            )
         return self
 
     def requirements(self) -> set[str]:
@@ -66,6 +158,234 @@ class PruneConfig(StageConfig):
         return needs
 
 
+def fixed_amount(group: UnitGroup, cfg: PruneConfig) -> float | None:
+    """The fraction the plan sets for this group (None: the target search decides)."""
+    pattern = first_match(cfg.amounts, group.names)
+    if pattern is not None:
+        return cfg.amounts[pattern]
+    if group.kind == HEADS and cfg.heads is not None:
+        return cfg.heads
+    if FFN in group.tags and cfg.ffn is not None:
+        return cfg.ffn
+    if cfg.target is None:
+        return cfg.amount if cfg.amount is not None else 0.0
+    return None
+
+
+def _loss(model, batch):
+    return task_loss(primary_output(call_model(model, batch.inputs)), batch.target)
+
+
+def _batches(ctx, split: str, count: int, seed: int):
+    loader = ctx.data.loader(split, shuffle=True, seed=seed)
+    return [b.to(ctx.device) for b in itertools.islice(loader, count)]
+
+
+def _scores(groups: list[UnitGroup], model, cfg: PruneConfig, ctx, seed: int):
+    batches = None
+    if cfg.criterion == "taylor":
+        batches = _batches(ctx, "train", cfg.calibration_batches, seed)
+    elif cfg.criterion == "activation":
+        batches = _batches(ctx, "calibration", cfg.calibration_batches, seed)
+    return score_groups(
+        cfg.criterion,
+        groups,
+        model=model,
+        batches=batches,
+        loss_fn=_loss,
+        run=lambda m, b: call_model(m, b.inputs),
+        seed=seed,
+    )
+
+
+def _facts(model, inputs) -> dict[str, int]:
+    return {"params": count_params(model), "macs": count_macs(model, inputs)}
+
+
+@dataclass
+class PruneState:
+    """What the steps of one stage share: the example inputs, the model's size at the start
+    and each group's unit count when first seen (schedules count from those)."""
+
+    inputs: dict[str, Any]
+    start: dict[str, int]
+    original: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_model(cls, model, ctx) -> PruneState:
+        inputs = {k: v.to(ctx.device) for k, v in ctx.example_inputs().items()}
+        return cls(inputs, _facts(model, inputs))
+
+
+def prune_step(
+    model,
+    cfg: PruneConfig,
+    ctx,
+    state: PruneState,
+    *,
+    progress: float = 1.0,
+    seed: int | None = None,
+    importance=None,
+) -> dict[str, Any]:
+    """Remove units so that ``progress`` (0-1] of the stage's amounts/target is reached.
+
+    Args:
+        importance: ``importance(group) -> one score per unit`` instead of ``cfg.criterion``.
+
+    Returns:
+        The step's report entry; edit records go to ``ctx.history``.
+    """
+    graph = StructureGraph(model, state.inputs, ignore=cfg.ignore, prune_hidden=cfg.prune_hidden)
+    groups = [
+        g
+        for g in graph.prunable()
+        if not cfg.modules or first_match(cfg.modules, g.names) is not None
+    ]
+    if not groups:
+        raise StageError(
+            "nothing to prune: no prunable group matches the stage's settings",
+            hint="check 'modules'/'ignore'; compress inspect lists prunable groups",
+        )
+    for g in groups:
+        state.original.setdefault(g.id, g.size)
+    blocked = {g.id: g.blocked for g in graph.groups() if g.blocked}
+    seed = ctx.stage_seed() if seed is None else seed
+    if importance is not None:
+        scores = {g.id: torch.as_tensor(importance(g), dtype=torch.float64) for g in groups}
+    else:
+        scores, notes = _scores(groups, model, cfg, ctx, seed)
+        state.notes.extend(n for n in notes if n not in state.notes)
+    goal = probe = None
+    if cfg.target is not None:
+        goal = int(state.start[cfg.target.what] * (1 - (1 - cfg.target.keep) * progress))
+        probe = WidthProbe(model, state.inputs, ignore=cfg.ignore, prune_hidden=cfg.prune_hidden)
+    counts, fraction = plan_step(
+        groups, scores, cfg, progress=progress, original=state.original, goal=goal, probe=probe
+    )
+    for g in groups:
+        if counts.get(g.id):
+            check_supported(g)
+    for g in groups:
+        if counts.get(g.id):
+            graph.remove(g, sched.lowest(scores[g.id], counts[g.id]))
+    graph.verify()
+    stage = ctx.stage_name or "prune"
+    ctx.history.extend({"stage": stage, **record} for record in graph.history)
+    entry: dict[str, Any] = {
+        **_facts(model, state.inputs),
+        "removed": {k: v for k, v in counts.items() if v},
+        "blocked": blocked,
+    }
+    final = [g for g in graph.groups() if g.id in state.original]
+    entry["units"] = {g.id: g.size for g in final}
+    entry["widths"] = {g.id: g.width for g in final}
+    if fraction is not None:
+        entry.update(fraction=round(fraction, 4), goal=goal, probes=probe.calls)
+    return entry
+
+
+def prune_once(model, cfg: PruneConfig, ctx, *, importance=None) -> dict[str, Any]:
+    """All of ``cfg``'s amounts/target in one step, relative to the model as it is now
+    (used by stages that prune inside their own loop, e.g. self-distilled pruning)."""
+    return prune_step(model, cfg, ctx, PruneState.for_model(model, ctx), importance=importance)
+
+
+def plan_step(
+    groups: list[UnitGroup],
+    scores,
+    cfg: PruneConfig,
+    *,
+    progress: float,
+    original: dict[str, int],
+    goal: int | None,
+    probe: WidthProbe | None,
+):
+    """Units each group loses once ``progress`` (0-1] of the stage is done; also the
+    searched fraction (None without a target)."""
+    steps = {g.id: sched.round_step(g, cfg.round_to) for g in groups}
+    floors = {g.id: max(1, original[g.id] - int(cfg.max_amount * original[g.id])) for g in groups}
+    counts: dict[str, int] = {}
+    free = []
+    for g in groups:
+        fraction = fixed_amount(g, cfg)
+        if fraction is None:
+            free.append(g)
+            continue
+        # Schedules count from the original width, so every step ends on the same path.
+        kept = sched.kept_units(
+            original[g.id], fraction * progress, step=steps[g.id], floor=floors[g.id]
+        )
+        counts[g.id] = max(0, g.size - kept)
+    if not free or goal is None or probe is None:
+        return counts, None
+
+    def counts_for(fraction: float) -> dict[str, int]:
+        if cfg.scope == "global":
+            chosen = sched.global_counts(free, scores, fraction, steps, floors)
+        else:
+            chosen = sched.per_layer_counts(free, fraction, steps, floors)
+        return {**counts, **chosen}
+
+    fraction, chosen, _ = sched.search_fraction(
+        counts_for, lambda c: probe.measure(c, cfg.target.what), goal, what=cfg.target.what
+    )
+    return chosen, fraction
+
+
+def _finetune(model, cfg: PruneConfig, ctx, step: int) -> dict[str, Any] | None:
+    if cfg.finetune_epochs <= 0 or not ctx.data.has("train"):
+        return None
+    opts = TrainingOptions(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
+    loader = ctx.data.loader("train", shuffle=True, seed=ctx.stage_seed(step))
+    summary = train(
+        model,
+        opts,
+        ctx,
+        lambda m, b: (_loss(m, b), {}),
+        loader=loader,
+        description=f"prune step {step}/{cfg.steps}: fine-tune",
+    )
+    return summary.to_dict()
+
+
 @register_stage("prune", PruneConfig, "Structured pruning: remove whole units, physically.")
 def apply(model, cfg: PruneConfig, ctx):
-    raise NotImplementedError("prune stage: being built")
+    state = PruneState.for_model(model, ctx)
+    if cfg.steps > 1 and cfg.finetune_epochs > 0 and not ctx.data.has("train"):
+        state.notes.append("no training data: the steps run without fine-tuning in between")
+    steps = []
+    for step in range(1, cfg.steps + 1):
+        entry = prune_step(
+            model, cfg, ctx, state, progress=step / cfg.steps, seed=ctx.stage_seed(step)
+        )
+        ratio = {k: entry[k] / max(state.start[k], 1) for k in ("params", "macs")}
+        ctx.log(
+            f"  step {step}/{cfg.steps}: params {entry['params']:,} ({ratio['params']:.3f}x),"
+            f" MACs {entry['macs']:,} ({ratio['macs']:.3f}x)"
+        )
+        if step < cfg.steps:
+            entry["finetune"] = _finetune(model, cfg, ctx, step)
+        steps.append({"step": step, **entry})
+    end = _facts(model, state.inputs)
+    ctx.stage_report.update(
+        {
+            "criterion": cfg.criterion,
+            "scope": cfg.scope,
+            **{
+                k: {
+                    "before": state.start[k],
+                    "after": end[k],
+                    "ratio": round(end[k] / max(state.start[k], 1), 4),
+                }
+                for k in end
+            },
+            "units": {
+                gid: {"before": n, "after": steps[-1]["widths"].get(gid)}
+                for gid, n in state.original.items()
+            },
+            "steps": steps,
+            "notes": state.notes,
+        }
+    )
+    return model

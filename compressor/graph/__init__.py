@@ -1,0 +1,46 @@
+"""The one structural-edit engine every shape-changing stage uses.
+
+    graph = StructureGraph(model, example_inputs, ignore=["head"])
+    for group in graph.prunable():          # coupled channel groups and attention-head groups
+        ...                                 # score units (compressor.importance), choose some
+    graph.remove(group, units)              # physically smaller tensors, attributes updated
+    graph.verify()                          # outputs keep their shapes
+    graph.history                           # [{module, dim, kept, size_before, ...}]
+
+``compressor.graph.schedule`` turns scores into how many units each group loses (per layer or
+global, ``round_to``, parameter/MAC targets). Only this package imports ``torch_pruning``.
+"""
+
+from compressor.graph.engine import StructureGraph
+from compressor.graph.groups import (
+    CHANNELS,
+    CONSUMER,
+    FFN,
+    HEADS,
+    PASSTHROUGH,
+    PRODUCER,
+    Member,
+    UnitGroup,
+)
+from compressor.graph.probe import WidthProbe, count_prunable_groups
+from compressor.graph.select import check_pattern, first_match, matches
+from compressor.graph.support import check_supported, flatten_tensors
+
+__all__ = [
+    "CHANNELS",
+    "CONSUMER",
+    "FFN",
+    "HEADS",
+    "PASSTHROUGH",
+    "PRODUCER",
+    "Member",
+    "StructureGraph",
+    "UnitGroup",
+    "WidthProbe",
+    "check_pattern",
+    "check_supported",
+    "count_prunable_groups",
+    "first_match",
+    "flatten_tensors",
+    "matches",
+]

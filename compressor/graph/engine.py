@@ -1,0 +1,393 @@
+"""The one structural-edit engine: coupled groups of a model and their physical removal.
+
+Built on Torch-Pruning's dependency graph (traced through autograd on the example inputs),
+which links every tensor that shares a channel dimension: residual additions, concatenation
+(with offsets), flatten into Linear, norms, depthwise and grouped convolutions, chunked GLUs.
+This module adds what a compression tool needs on top:
+
+* whole attention heads as units, with ``num_heads``/``all_head_size``-style attributes kept
+  true (``compressor.graph.attention``); torch's ``nn.MultiheadAttention`` is first swapped
+  for an equivalent :class:`~compressor.modules.HeadPrunedMHA` (its inner width is otherwise
+  tied to the hidden size);
+* protection: the model's outputs and inputs keep their shapes, the hidden size (embedding
+  width / residual stream of a transformer) stays unless ``prune_hidden``, and ``ignore``d
+  modules are never touched (a group that would edit one is not prunable);
+* a clear error, naming the module and the way out, for a group holding a layer the engine
+  has no editor for (custom parameters, LSTMs, grouped transposed convolutions);
+* tied parameters stay tied; every edit is recorded as ``{module, dim, kept, size_before}``.
+
+Nothing outside ``compressor.graph`` imports ``torch_pruning``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch.nn.modules.conv import _ConvNd
+from torch_pruning.ops import OPTYPE
+
+from compressor.errors import StageError
+from compressor.graph.attention import (
+    AttentionRef,
+    block_prefix,
+    find_attention,
+    swap_multihead_attention,
+)
+from compressor.graph.groups import (
+    CHANNELS,
+    CONSUMER,
+    FFN,
+    HEADS,
+    PRODUCER,
+    Member,
+    UnitGroup,
+    channel_count,
+    is_depthwise,
+    role_of,
+)
+from compressor.graph.select import matches
+from compressor.graph.support import (
+    check_supported,
+    flatten_tensors,
+    retie,
+    tied_parameters,
+    unsupported_reason,
+)
+
+_ROOT_TYPES = (_ConvNd, nn.Linear, nn.Embedding)
+
+
+class StructureGraph:
+    """The coupled channel groups of ``model`` and the edits that remove units from them.
+
+    Args:
+        model: edited in place. Each ``nn.MultiheadAttention`` not ignored is swapped for an
+            equivalent :class:`~compressor.modules.HeadPrunedMHA` right away.
+        example_inputs: named inputs; the graph is traced by ``model(**example_inputs)``.
+        ignore: module names or ``re:`` patterns never to touch (with everything inside them).
+        prune_hidden: also offer the hidden size (embedding width, transformer residual
+            stream). The model's input and output shapes are protected regardless.
+
+    Attributes:
+        history: every edit made through this graph, in order.
+        swapped: names of the ``nn.MultiheadAttention`` modules that were replaced.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Mapping[str, torch.Tensor],
+        *,
+        ignore: Iterable[str] = (),
+        prune_hidden: bool = False,
+    ):
+        self.model = model
+        self.example_inputs = dict(example_inputs)
+        self.ignore = tuple(ignore)
+        self.prune_hidden = prune_hidden
+        self.history: list[dict[str, Any]] = []
+        self.swapped = swap_multihead_attention(model, self.is_ignored)
+        self._groups: list[UnitGroup] | None = None
+        self._trace()
+
+    # ------------------------------------------------------------------ public
+
+    def is_ignored(self, name: str) -> bool:
+        return any(matches(p, name) for p in self.ignore)
+
+    def groups(self) -> list[UnitGroup]:
+        """Every channel group and head group, blocked ones included (see ``blocked``)."""
+        if self._groups is None:
+            attention = find_attention(self.model)
+            # Channel groups inside a transformer block (same block as an attention) are its
+            # MLP width; an attention at the top level makes every module its block.
+            prefixes = {(block_prefix(r.name) + ".").lstrip(".") for r in attention.values()}
+            self._groups = [
+                self._describe(g, attention, prefixes)
+                for g in self._dg.get_all_groups(ignored_layers=[], root_module_types=_ROOT_TYPES)
+            ]
+        return list(self._groups)
+
+    def prunable(self) -> list[UnitGroup]:
+        """The groups that may lose units (not blocked, more than one unit)."""
+        return [g for g in self.groups() if g.blocked is None and g.size > 1]
+
+    def group(self, group_id: str) -> UnitGroup:
+        for g in self.groups():
+            if g.id == group_id:
+                return g
+        raise KeyError(group_id)
+
+    def remove(self, group: UnitGroup, units: Iterable[int]) -> list[dict[str, Any]]:
+        """Physically remove ``units`` of ``group`` from every tensor coupled to them.
+
+        Returns the edit records (also appended to ``history``), one per module:
+        ``{"group", "unit", "module", "dim", "kept", "size_before"}``.
+
+        Raises:
+            StageError: the group is blocked, holds a layer the engine cannot edit, or would
+                lose every unit.
+        """
+        units = sorted({int(u) for u in units})
+        if not units:
+            return []
+        if group.blocked:
+            raise StageError(f"group {group.id!r} cannot be pruned: {group.blocked}")
+        check_supported(group)
+        if units[0] < 0 or units[-1] >= group.size:
+            raise ValueError(f"units {units} out of range for group {group.id!r} ({group.size})")
+        if len(units) >= group.size:
+            raise StageError(
+                f"pruning would remove every unit of {group.id!r}",
+                hint="prune less (a lower amount or target)",
+            )
+        root, root_fn = group.handle
+        if channel_count(root, role_of(root, True)) != group.width:
+            raise RuntimeError(f"group {group.id!r} is stale: its root was edited since")
+        tied = tied_parameters(self.model)
+        tp_group = self._dg.get_pruning_group(root, root_fn, group.channels(units))
+        records = []
+        for item in tp_group:
+            module = item.dep.target.module
+            name = self._names.get(module) if isinstance(module, nn.Module) else None
+            if name is None:
+                continue
+            role = role_of(module, self._dg.is_out_channel_pruning_fn(item.dep.handler))
+            before = channel_count(module, role)
+            removed = set(item.idxs)
+            records.append(
+                {
+                    "group": group.id,
+                    "unit": group.kind,
+                    "module": name,
+                    "dim": "in" if role == CONSUMER else "out",
+                    "kept": [i for i in range(before) if i not in removed],
+                    "size_before": before,
+                }
+            )
+        tp_group.prune(record_history=False)
+        if group.attention is not None:
+            group.attention.remove_heads(len(units))
+        retie(tied)
+        self.history.extend(records)
+        self._groups = None  # widths changed: describe the groups afresh when asked
+        return records
+
+    def verify(self) -> None:
+        """Run the model on the example inputs and check every output kept its shape.
+
+        Raises:
+            StageError: the edited model fails to run, or an output changed shape.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                shapes = [
+                    tuple(t.shape) for t in flatten_tensors(self.model(**self.example_inputs))
+                ]
+        except Exception as e:  # any failure here means the edit broke the model
+            raise StageError(
+                f"after pruning, the model no longer runs ({type(e).__name__}: {e})",
+                hint="a layer couples channels in a way the engine does not see; add the "
+                "modules around it to 'ignore:' and report the model",
+            ) from e
+        finally:
+            self.model.train(was_training)
+        if shapes != self._output_shapes:
+            raise StageError(
+                f"pruning changed the model's output shapes {self._output_shapes} -> {shapes}",
+                hint="add the last layers to 'ignore:' and report the model",
+            )
+
+    # ------------------------------------------------------------------ tracing
+
+    def _trace(self) -> None:
+        model = self.model
+        self._names = {m: n for n, m in model.named_modules()}
+        self._order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        # Float inputs become leaves of the autograd graph, so that an op mixing an input into
+        # a group (a residual from the input) is seen and the group protected.
+        inputs = {
+            k: v.detach().clone().requires_grad_(True) if v.is_floating_point() else v
+            for k, v in self.example_inputs.items()
+        }
+        self._input_leaves = [v for v in inputs.values() if v.requires_grad]
+        outputs: list[torch.Tensor] = []
+
+        def forward_fn(m, kwargs):
+            flat = flatten_tensors(m(**kwargs))
+            outputs.extend(flat)
+            return [t for t in flat if t.grad_fn is not None]
+
+        was_training = model.training
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        try:
+            for p in frozen:  # tracing follows grad_fn links, which frozen weights lack
+                p.requires_grad_(True)
+            with torch.enable_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=inputs, forward_fn=forward_fn, verbose=False
+                )
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
+            model.train(was_training)
+        self._output_shapes = [tuple(t.shape) for t in outputs]
+        self._output_fns = {t.grad_fn for t in outputs if t.grad_fn is not None}
+
+    def _touches_input(self, node: Any) -> bool:
+        # An op that combines a model input with other tensors ties the group to the input.
+        fns = [f for f, _ in getattr(node.grad_fn, "next_functions", ()) if f is not None]
+        if len(fns) < 2:
+            return False
+        return any(getattr(f, "variable", None) is leaf for f in fns for leaf in self._input_leaves)
+
+    # ------------------------------------------------------------------ describing groups
+
+    def _describe(
+        self, tp_group: Any, attention: dict[int, AttentionRef], ffn_prefixes: set[str]
+    ) -> UnitGroup:
+        root_item = tp_group[0]
+        root, root_fn = root_item.dep.target.module, root_item.dep.handler
+        width = len(root_item.idxs)
+        members: list[Member] = []
+        unsupported: list[str] = []
+        touches: set[str] = set()
+        for item in tp_group:
+            node = item.dep.target
+            out_side = self._dg.is_out_channel_pruning_fn(item.dep.handler)
+            if out_side and node.grad_fn in self._output_fns:
+                touches.add("output")
+            if node.type == OPTYPE.PARAMETER:
+                owner = self._dg._param_to_name.get(node.module, "?").rpartition(".")[0]
+                kind = type(self.model.get_submodule(owner)).__name__ if owner else "model"
+                unsupported.append(f"{owner or '<model>'} ({kind})")
+                continue
+            name = self._names.get(node.module)
+            if name is None:  # an operation (add, cat, reshape...), not a module
+                if self._touches_input(node):
+                    touches.add("input")
+                continue
+            if any(r is None for r in item.root_idxs):
+                touches.add("irregular")
+                continue
+            if unsupported_reason(node.module):
+                unsupported.append(f"{name} ({type(node.module).__name__})")
+            members.append(
+                Member(
+                    name,
+                    node.module,
+                    role_of(node.module, out_side),
+                    torch.tensor(item.idxs, dtype=torch.long),
+                    torch.tensor(item.root_idxs, dtype=torch.long),
+                )
+            )
+        # Named after its first producer in definition order: stable whichever module the
+        # tracer happened to reach first.
+        producers = sorted(
+            (m for m in members if m.role == PRODUCER), key=lambda m: self._order[m.name]
+        )
+        group_id = producers[0].name if producers else self._names[root]
+        if not producers:  # channels nobody computes come from the input (depthwise on x)
+            touches.add("input")
+        interleave, irregular = self._interleave(root, root_fn, width, members)
+        kind, unit_size, ref, blocked = CHANNELS, 1, None, None
+        refs = {
+            id(attention[id(m.module)]): attention[id(m.module)]
+            for m in producers
+            if id(m.module) in attention
+        }
+        if len(refs) > 1:
+            blocked = "two attention blocks share this channel group"
+        elif refs:
+            (ref,) = refs.values()
+            kind, unit_size, group_id = HEADS, ref.head_dim, ref.name
+            blocked = _head_layout_problem(ref, producers, interleave)
+        hidden = any(isinstance(m.module, nn.Embedding) for m in producers) or any(
+            id(m.module) in attention for m in members if m.role == CONSUMER
+        )
+        tags = (
+            frozenset({FFN})
+            if kind == CHANNELS and not hidden and any(group_id.startswith(p) for p in ffn_prefixes)
+            else frozenset()
+        )
+        ignored = [m.name for m in members if self.is_ignored(m.name)] + [
+            u for u in unsupported if self.is_ignored(u.split(" ")[0])
+        ]
+        if ignored:
+            blocked = f"it would edit ignored module {ignored[0]!r}"
+        elif "output" in touches:
+            blocked = "it sets the width of a model output"
+        elif "input" in touches:
+            blocked = "it is tied to a model input (e.g. a residual from the input)"
+        elif hidden and not self.prune_hidden:
+            blocked = "it is the hidden size (set prune_hidden to prune it)"
+        elif irregular or "irregular" in touches or width % (interleave * unit_size):
+            blocked = blocked or "its channels are coupled in a pattern the engine cannot split"
+        extra = (ref.name,) if ref is not None else ()
+        return UnitGroup(
+            id=group_id,
+            kind=kind,
+            width=width,
+            interleave=interleave,
+            unit_size=unit_size,
+            members=members,
+            names=(group_id, *extra, *(m.name for m in producers)),
+            tags=tags,
+            blocked=blocked,
+            unsupported=tuple(unsupported),
+            attention=ref,
+            handle=(root, root_fn),
+        )
+
+    def _interleave(
+        self, root: nn.Module, root_fn: Any, width: int, members: list[Member]
+    ) -> tuple[int, bool]:
+        """Blocks of the root's channels that must keep equal widths; (count, irregular)."""
+        # The root channels that move with channel 0 reveal split/chunk coupling: a chunked
+        # GLU drags channel width/2 along, a packed qkv projection channels E and 2E.
+        probe = self._dg.get_pruning_group(root, root_fn, [0])
+        hits = sorted(
+            {
+                i
+                for item in probe
+                if item.dep.target.module is root
+                and self._dg.is_out_channel_pruning_fn(item.dep.handler)
+                for i in item.idxs
+            }
+        )
+        count = len(hits)
+        irregular = width % count != 0 or hits != [k * (width // count) for k in range(count)]
+        for m in members:  # grouped convolutions and group norms split channels into blocks
+            groups = (
+                getattr(m.module, "num_groups", None)
+                if isinstance(m.module, nn.GroupNorm)
+                else getattr(m.module, "groups", 1)
+            )
+            if (
+                isinstance(m.module, (_ConvNd, nn.GroupNorm))
+                and not is_depthwise(m.module)
+                and groups > 1
+            ):
+                irregular |= len(m.index) != width
+                count = count * groups // math.gcd(count, groups)
+        return count, irregular
+
+
+def _head_layout_problem(ref: AttentionRef, producers: list[Member], interleave: int) -> str | None:
+    present = {id(m.module) for m in producers}
+    if not all(id(p) in present for p in ref.projections):
+        return f"attention {ref.name!r}: its query/key/value projections are not coupled"
+    if ref.packed and interleave != 3:
+        return f"attention {ref.name!r}: packed qkv projection in a layout the engine cannot see"
+    if not ref.packed and len({p.out_features for p in ref.projections}) > 1:
+        return f"attention {ref.name!r}: grouped-query attention (key/value heads differ)"
+    return None

@@ -1,0 +1,48 @@
+"""Module-name patterns, as written in a plan: an exact name or ``re:<regex>``.
+
+An exact name also covers everything inside that module (``ignore: [encoder]`` protects the
+whole encoder); a regex must match a whole name (``re.fullmatch``), and also covers what is
+inside a module whose name it matches.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+REGEX_PREFIX = "re:"
+
+
+def check_pattern(pattern: str) -> str:
+    """Validate one pattern; raises ValueError with a readable message (for pydantic)."""
+    if not pattern:
+        raise ValueError("an empty module pattern matches nothing; give a name or 're:<regex>'")
+    if pattern.startswith(REGEX_PREFIX):
+        try:
+            re.compile(pattern[len(REGEX_PREFIX) :])
+        except re.error as e:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {e}") from None
+    return pattern
+
+
+def _ancestry(name: str) -> list[str]:
+    """``a.b.c`` -> ``["a.b.c", "a.b", "a"]``: the name and every module it sits in."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def matches(pattern: str, name: str) -> bool:
+    """True when ``pattern`` names ``name`` or a module that contains it."""
+    if pattern.startswith(REGEX_PREFIX):
+        regex = re.compile(pattern[len(REGEX_PREFIX) :])
+        return any(regex.fullmatch(n) for n in _ancestry(name))
+    return name == pattern or name.startswith(pattern + ".")
+
+
+def first_match(patterns: Iterable[str], names: Iterable[str]) -> str | None:
+    """The first pattern (in order) that matches any of ``names``; None when none does."""
+    names = list(names)
+    for pattern in patterns:
+        if any(matches(pattern, n) for n in names):
+            return pattern
+    return None
