@@ -72,6 +72,19 @@ def all_gather_objects(obj: Any, state: DistState | None) -> list[Any]:
     return gathered
 
 
+def sync_from_rank0(module: torch.nn.Module, state: DistState | None) -> None:
+    """Copy rank 0's parameters and buffers to every rank.
+
+    DDP keeps parameters identical but broadcasts buffers only at the start of each forward,
+    so after training the other ranks' batch-norm statistics lag one step behind rank 0's.
+    """
+    if state is None:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
 def barrier(state: DistState | None) -> None:
     if state is not None:
         dist.barrier()

@@ -266,9 +266,12 @@ def prune_step(
     for g in groups:
         if counts.get(g.id):
             check_supported(g)
+    removals = {g.id: sched.lowest(scores[g.id], counts[g.id]) for g in groups if counts.get(g.id)}
+    # Under torchrun, rank 0 decides and every rank removes the same units.
+    removals = ctx.broadcast(removals)
     for g in groups:
-        if counts.get(g.id):
-            graph.remove(g, sched.lowest(scores[g.id], counts[g.id]))
+        if removals.get(g.id):
+            graph.remove(g, removals[g.id])
     graph.verify()
     stage = ctx.stage_name or "prune"
     ctx.history.extend({"stage": stage, **record} for record in graph.history)
