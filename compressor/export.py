@@ -14,6 +14,7 @@ Artifacts (names inside the output directory):
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -90,7 +91,9 @@ def export_model(model: nn.Module, ctx: Any, out: Path, manifest: list) -> dict[
         # A failed export leaves no artifact of this run behind, not a partial set.
         for art in artifacts.values():
             path = Path(art["path"])
-            if path.is_file():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_file():
                 path.unlink(missing_ok=True)
                 path.with_name(path.name + ".data").unlink(missing_ok=True)
         raise
@@ -173,16 +176,12 @@ def _at_least_rows(ctx: Any, example: dict[str, torch.Tensor], rows: int):
 
 
 def _hf_writer() -> Any:
-    # Hook for the Hugging Face folder export (issue #7): compressor.hf provides the writer
-    # ``save_hf_folder(model, folder, ctx)``; until it does, the format is refused up front.
     try:
-        from compressor.hf import save_hf_folder  # type: ignore[attr-defined]
-    except ImportError:
+        from compressor.hf_export import save_hf_folder
+    except ImportError:  # transformers is an optional extra
         raise PlanError(
-            "export format 'hf' (a Hugging Face model folder) is not supported by this version "
-            "of compress yet",
-            hint="remove 'hf' from export.formats; model.safetensors reloads with "
-            "compressor.load and model.onnx runs anywhere",
+            "export format 'hf' (a Hugging Face model folder) needs the transformers package",
+            hint="pip install 'compress[hf]', or remove 'hf' from export.formats",
         ) from None
     return save_hf_folder
 
@@ -415,7 +414,7 @@ def load(
 
     Args:
         path: a compress ``model.safetensors`` (-> the compacted ``nn.Module``, eval mode,
-            rebuilt without pickle) or an ``.onnx`` file (-> ``OnnxModel``: call it with the
+            rebuilt without pickle), a Hugging Face folder compress wrote, or an ``.onnx`` file (-> ``OnnxModel``: call it with the
             same named inputs; it returns the first output as a torch tensor).
         safe: refuse architecture imports not explicitly allowed.
         device: where the model runs.
@@ -430,6 +429,10 @@ def load(
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist", hint="check the path")
+    if path.is_dir() and (path / "config.json").is_file():
+        from compressor.hf_export import load_folder
+
+        return load_folder(path).to(device)
     if path.suffix.lower() == ".onnx":
         return OnnxModel(path, device=device, threads=threads)
     if path.suffix.lower() == ".safetensors":

@@ -8,7 +8,10 @@
     graph.history                           # [{module, dim, kept, size_before, ...}]
 
 ``compressor.graph.schedule`` turns scores into how many units each group loses (per layer or
-global, ``round_to``, parameter/MAC targets). Only this package imports ``torch_pruning``.
+global, ``round_to``, parameter/MAC targets); ``compressor.graph.depth`` removes whole blocks
+(transformer layers). Hugging Face BERT, RoBERTa, DistilBERT, ViT and GPT-2 (whose ``Conv1D``
+layers store weights transposed: ``compressor.graph.layers``) are covered. Only this package
+imports ``torch_pruning``.
 """
 
 from compressor.graph.engine import StructureGraph
@@ -17,6 +20,7 @@ from compressor.graph.groups import (
     CONSUMER,
     FFN,
     HEADS,
+    HIDDEN,
     PASSTHROUGH,
     PRODUCER,
     Member,
@@ -31,6 +35,7 @@ __all__ = [
     "CONSUMER",
     "FFN",
     "HEADS",
+    "HIDDEN",
     "PASSTHROUGH",
     "PRODUCER",
     "Member",

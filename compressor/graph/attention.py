@@ -4,10 +4,12 @@ true, and swapping torch's ``nn.MultiheadAttention`` for a form whose heads can 
 An attention block is recognised by what it holds, not by its class: an integer head count
 (``num_heads``, ``num_attention_heads``, ``n_heads`` or ``n_head``) and query/key/value
 ``nn.Linear`` children (``query/key/value``, ``q_proj/k_proj/v_proj``, ``q_lin/k_lin/v_lin``
-or ``q/k/v``), or one packed ``qkv`` Linear. That covers Hugging Face BERT-like models, the
-sample text transformer, timm-style ViT blocks and compress's own ``HeadPrunedMHA``. After
+or ``q/k/v``), or one packed projection (a ``qkv`` Linear, or GPT-2's ``c_attn``, a
+transformers ``Conv1D``). That covers Hugging Face BERT, RoBERTa, DistilBERT, ViT and GPT-2,
+the sample text transformer, timm-style ViT blocks and compress's own ``HeadPrunedMHA``. After
 heads are removed, the head count and any total-size attribute (``all_head_size``,
-``inner_dim``) are updated; the head size stays.
+``inner_dim``, GPT-2's ``split_size``) are updated; the head size and the hidden size
+(``dim``, ``embed_dim``) stay.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from compressor.graph.layers import is_linear, out_features
 from compressor.modules import HeadPrunedMHA
 
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head")
-TOTAL_SIZE_ATTRS = ("all_head_size", "inner_dim")
+# split_size: GPT-2 splits its packed c_attn output into query/key/value of this width.
+TOTAL_SIZE_ATTRS = ("all_head_size", "inner_dim", "split_size")
 QKV_NAMES = (
     ("query", "key", "value"),
     ("q_proj", "k_proj", "v_proj"),
     ("q_lin", "k_lin", "v_lin"),
     ("q", "k", "v"),
 )
-PACKED_NAMES = ("qkv",)
+PACKED_NAMES = ("qkv", "c_attn")
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,10 @@ def _projections(module: nn.Module) -> tuple[nn.Module, ...] | None:
     children = dict(module.named_children())
     for names in QKV_NAMES:
         found = [children.get(n) for n in names]
-        if all(isinstance(p, nn.Linear) for p in found):
+        if all(p is not None and is_linear(p) for p in found):
             return tuple(found)
     for name in PACKED_NAMES:
-        if isinstance(children.get(name), nn.Linear):
+        if children.get(name) is not None and is_linear(children[name]):
             return (children[name],)
     return None
 
@@ -88,7 +92,7 @@ def find_attention(model: nn.Module) -> dict[int, AttentionRef]:
             continue
         heads = getattr(module, heads_attr)
         size_attr = _int_attr(module, HEAD_SIZE_ATTRS)
-        per_projection = projections[0].out_features // (3 if len(projections) == 1 else 1)
+        per_projection = out_features(projections[0]) // (3 if len(projections) == 1 else 1)
         head_dim = getattr(module, size_attr) if size_attr else per_projection // heads
         if head_dim * heads != per_projection:
             continue  # not the layout we understand (e.g. grouped-query attention)

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from torch.nn.modules.conv import _ConvNd
 from torch_pruning.ops import OPTYPE
 
@@ -44,6 +43,7 @@ from compressor.graph.groups import (
     CONSUMER,
     FFN,
     HEADS,
+    HIDDEN,
     PRODUCER,
     Member,
     UnitGroup,
@@ -51,6 +51,7 @@ from compressor.graph.groups import (
     is_depthwise,
     role_of,
 )
+from compressor.graph.layers import transposed_linear_types
 from compressor.graph.select import matches
 from compressor.graph.support import (
     check_supported,
@@ -59,6 +60,7 @@ from compressor.graph.support import (
     tied_parameters,
     unsupported_reason,
 )
+from compressor.graph.tracing import DependencyGraph
 
 _ROOT_TYPES = (_ConvNd, nn.Linear, nn.Embedding)
 
@@ -108,9 +110,10 @@ class StructureGraph:
             # Channel groups inside a transformer block (same block as an attention) are its
             # MLP width; an attention at the top level makes every module its block.
             prefixes = {(block_prefix(r.name) + ".").lstrip(".") for r in attention.values()}
+            roots = (*_ROOT_TYPES, *transposed_linear_types(self.model))
             self._groups = [
                 self._describe(g, attention, prefixes)
-                for g in self._dg.get_all_groups(ignored_layers=[], root_module_types=_ROOT_TYPES)
+                for g in self._dg.get_all_groups(ignored_layers=[], root_module_types=roots)
             ]
         return list(self._groups)
 
@@ -228,17 +231,24 @@ class StructureGraph:
 
         was_training = model.training
         frozen = [p for p in model.parameters() if not p.requires_grad]
+        caching = _caching_configs(model)
         try:
             for p in frozen:  # tracing follows grad_fn links, which frozen weights lack
                 p.requires_grad_(True)
+            # A key/value cache concatenates past and new keys along the sequence axis; with
+            # nothing cached, the tracer would read that as a channel concatenation.
+            for config in caching:
+                config.use_cache = False
             with torch.enable_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._dg = tp.DependencyGraph().build_dependency(
+                self._dg = DependencyGraph().build_dependency(
                     model, example_inputs=inputs, forward_fn=forward_fn, verbose=False
                 )
         finally:
             for p in frozen:
                 p.requires_grad_(False)
+            for config in caching:
+                config.use_cache = True
             model.train(was_training)
         self._output_shapes = [tuple(t.shape) for t in outputs]
         self._output_fns = {t.grad_fn for t in outputs if t.grad_fn is not None}
@@ -317,6 +327,8 @@ class StructureGraph:
         tags = (
             frozenset({FFN})
             if kind == CHANNELS and not hidden and any(group_id.startswith(p) for p in ffn_prefixes)
+            else frozenset({HIDDEN})
+            if hidden
             else frozenset()
         )
         ignored = [m.name for m in members if self.is_ignored(m.name)] + [
@@ -380,6 +392,12 @@ class StructureGraph:
                 irregular |= len(m.index) != width
                 count = count * groups // math.gcd(count, groups)
         return count, irregular
+
+
+def _caching_configs(model: nn.Module) -> list[Any]:
+    """The (Hugging Face) configs in ``model`` that switch a key/value cache on."""
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    return [c for c in configs.values() if getattr(c, "use_cache", None) is True]
 
 
 def _head_layout_problem(ref: AttentionRef, producers: list[Member], interleave: int) -> str | None:

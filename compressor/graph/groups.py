@@ -27,10 +27,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from compressor.graph.layers import in_features, is_linear, is_transposed_linear, out_features
+
 PRODUCER, CONSUMER, PASSTHROUGH = "producer", "consumer", "passthrough"
 HEADS, CHANNELS = "heads", "channels"
-# Group tags: an FFN (MLP) width inside a transformer block.
+# Group tags: an FFN (MLP) width inside a transformer block; the hidden size (embedding width /
+# residual stream of a transformer).
 FFN = "ffn"
+HIDDEN = "hidden"
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -48,7 +52,7 @@ def role_of(module: nn.Module, out_side: bool) -> str:
         return PRODUCER
     if is_depthwise(module):
         return PASSTHROUGH
-    if isinstance(module, (nn.Linear, _ConvNd)):
+    if isinstance(module, _ConvNd) or is_linear(module):
         return PRODUCER if out_side else CONSUMER
     return PASSTHROUGH
 
@@ -57,6 +61,8 @@ def channel_dims(module: nn.Module, role: str) -> dict[str, int]:
     """Which tensor dimension of each parameter/buffer indexes the group's channels."""
     if isinstance(module, nn.Linear):
         return {"weight": 0, "bias": 0} if role == PRODUCER else {"weight": 1}
+    if is_transposed_linear(module):  # weight is (in, out)
+        return {"weight": 1, "bias": 0} if role == PRODUCER else {"weight": 0}
     if isinstance(module, _ConvNd):
         if role == PASSTHROUGH:  # depthwise
             return {"weight": 0, "bias": 0}
@@ -76,8 +82,8 @@ def channel_dims(module: nn.Module, role: str) -> dict[str, int]:
 
 def channel_count(module: nn.Module, role: str) -> int | None:
     """How many channels the module has on the side the group touches."""
-    if isinstance(module, nn.Linear):
-        return module.out_features if role == PRODUCER else module.in_features
+    if is_linear(module):
+        return out_features(module) if role == PRODUCER else in_features(module)
     if isinstance(module, _ConvNd):
         return module.in_channels if role == CONSUMER else module.out_channels
     if isinstance(module, nn.Embedding):

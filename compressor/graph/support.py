@@ -14,8 +14,10 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from compressor.errors import StageError
 from compressor.graph.groups import UnitGroup
+from compressor.graph.layers import is_transposed_linear
 
-# Layers whose channels the engine can edit (through Torch-Pruning's per-layer editors).
+# Layers whose channels the engine can edit (through Torch-Pruning's per-layer editors), plus
+# transformers' Conv1D (compressor.graph.layers).
 EDITABLE = (
     nn.Linear,
     _ConvNd,
@@ -41,7 +43,7 @@ def flatten_tensors(obj: Any) -> list[torch.Tensor]:
 
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why the engine cannot edit this module's channels (None when it can)."""
-    if not isinstance(module, EDITABLE):
+    if not isinstance(module, EDITABLE) and not is_transposed_linear(module):
         return "no channel editor for this layer type"
     if isinstance(module, _ConvNd) and module.transposed and module.groups > 1:
         return "grouped transposed convolutions are not supported"

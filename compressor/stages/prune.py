@@ -10,7 +10,8 @@ How much each group loses, first rule that applies:
 
 1. ``amounts: {pattern: fraction}`` — the first pattern matching the group's root module (or
    a producer, or its attention module);
-2. ``heads`` for attention-head groups, ``ffn`` for the MLP width of transformer blocks;
+2. ``heads`` for attention-head groups, ``ffn`` for the MLP width of transformer blocks,
+   ``hidden`` for the hidden size (embedding width / residual stream; kept unless asked);
 3. ``amount`` for every other group, or, with ``target: {params|macs: r}``, one fraction
    found by bisection so that the model keeps at most ``r`` of its original count. Each try
    is measured exactly on a throwaway (meta-tensor) copy, so the target holds as closely as
@@ -19,11 +20,16 @@ How much each group loses, first rule that applies:
 ``scope: per-layer`` removes that fraction from each group; ``scope: global`` removes it from
 the pool of all such groups, lowest scores first, so groups lose different amounts.
 ``max_amount`` caps what any group loses; ``round_to`` keeps widths multiples of it.
+
+``layers`` removes whole blocks (transformer layers) first, before any width is pruned: a
+count, or a fraction of all blocks; the blocks whose output is most like their input (block
+influence, ``compressor.graph.depth``) on calibration data (else the example inputs) go.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +41,7 @@ from compressor.errors import StageError
 from compressor.graph import (
     FFN,
     HEADS,
+    HIDDEN,
     StructureGraph,
     UnitGroup,
     check_pattern,
@@ -42,6 +49,7 @@ from compressor.graph import (
     first_match,
 )
 from compressor.graph import schedule as sched
+from compressor.graph.depth import blocks_to_remove, count_blocks, remove_least_influential
 from compressor.graph.probe import WidthProbe
 from compressor.importance import CRITERIA, score_groups
 from compressor.modeling import call_model, count_macs, count_params, primary_output
@@ -109,6 +117,18 @@ class PruneConfig(StageConfig):
     )
     heads: float | None = Field(None, ge=0, lt=1, description="Fraction of attention heads.")
     ffn: float | None = Field(None, ge=0, lt=1, description="Fraction of transformer MLP width.")
+    hidden: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Fraction of the hidden size (embedding width / residual stream); "
+        "implies prune_hidden.",
+    )
+    layers: int | float | None = Field(
+        None,
+        description="Whole blocks (transformer layers) removed, least important first: a "
+        "count (2) or a fraction of all blocks (0.25).",
+    )
     prune_hidden: bool = Field(
         False, description="Also prune the hidden size (embedding width / residual stream)."
     )
@@ -133,21 +153,45 @@ class PruneConfig(StageConfig):
                 raise ValueError(f"amounts[{pattern!r}] = {fraction} must be in [0, 1)")
         return value
 
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("give a block count (2) or a fraction of all blocks (0.25)")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("a block count must be at least 1 (or give a fraction below 1)")
+        if isinstance(value, float) and not 0 < value < 1:
+            raise ValueError("a fraction of blocks must be in (0, 1); a count is a whole number")
+        return value
+
     @model_validator(mode="after")
     def _something_to_do(self) -> PruneConfig:
         if self.amount is not None and self.target is not None:
             raise ValueError("give 'amount' or 'target', not both")
-        if (
-            self.amount is None
-            and self.target is None
-            and self.heads is None
-            and self.ffn is None
-            and not self.amounts
-        ):
+        if not self.prunes_width and self.layers is None:
             raise ValueError(
-                "say how much to prune: 'amount', 'target', 'heads', 'ffn' or 'amounts'"
+                "say how much to prune: 'amount', 'target', 'heads', 'ffn', 'hidden', "
+                "'amounts' or 'layers'"
             )
         return self
+
+    @property
+    def prunes_width(self) -> bool:
+        """Whether any width (channels, heads, hidden size) is to be pruned."""
+        return bool(
+            self.amount is not None
+            or self.target is not None
+            or self.heads is not None
+            or self.ffn is not None
+            or self.hidden is not None
+            or self.amounts
+        )
+
+    @property
+    def hidden_prunable(self) -> bool:
+        return self.prune_hidden or self.hidden is not None
 
     def requirements(self) -> set[str]:
         needs = {EXAMPLE_INPUTS}
@@ -167,6 +211,8 @@ def fixed_amount(group: UnitGroup, cfg: PruneConfig) -> float | None:
         return cfg.heads
     if FFN in group.tags and cfg.ffn is not None:
         return cfg.ffn
+    if HIDDEN in group.tags and cfg.hidden is not None:
+        return cfg.hidden
     if cfg.target is None:
         return cfg.amount if cfg.amount is not None else 0.0
     return None
@@ -211,6 +257,8 @@ class PruneState:
     start: dict[str, int]
     original: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    blocks: int | None = None  # blocks in the model when depth pruning first looked
+    blocks_removed: int = 0
 
     @classmethod
     def for_model(cls, model, ctx) -> PruneState:
@@ -236,7 +284,18 @@ def prune_step(
     Returns:
         The step's report entry; edit records go to ``ctx.history``.
     """
-    graph = StructureGraph(model, state.inputs, ignore=cfg.ignore, prune_hidden=cfg.prune_hidden)
+    seed = ctx.stage_seed() if seed is None else seed
+    depth = depth_step(model, cfg, ctx, state, progress=progress, seed=seed)
+    if not cfg.prunes_width:
+        return {
+            **_facts(model, state.inputs),
+            "removed": _blocks_removed(depth),
+            "blocked": {},
+            "units": {},
+            "widths": {},
+            "blocks": depth,
+        }
+    graph = StructureGraph(model, state.inputs, ignore=cfg.ignore, prune_hidden=cfg.hidden_prunable)
     groups = [
         g
         for g in graph.prunable()
@@ -250,7 +309,6 @@ def prune_step(
     for g in groups:
         state.original.setdefault(g.id, g.size)
     blocked = {g.id: g.blocked for g in graph.groups() if g.blocked}
-    seed = ctx.stage_seed() if seed is None else seed
     if importance is not None:
         scores = {g.id: torch.as_tensor(importance(g), dtype=torch.float64) for g in groups}
     else:
@@ -259,7 +317,7 @@ def prune_step(
     goal = probe = None
     if cfg.target is not None:
         goal = int(state.start[cfg.target.what] * (1 - (1 - cfg.target.keep) * progress))
-        probe = WidthProbe(model, state.inputs, ignore=cfg.ignore, prune_hidden=cfg.prune_hidden)
+        probe = WidthProbe(model, state.inputs, ignore=cfg.ignore, prune_hidden=cfg.hidden_prunable)
     counts, fraction = plan_step(
         groups, scores, cfg, progress=progress, original=state.original, goal=goal, probe=probe
     )
@@ -285,7 +343,50 @@ def prune_step(
     entry["widths"] = {g.id: g.width for g in final}
     if fraction is not None:
         entry.update(fraction=round(fraction, 4), goal=goal, probes=probe.calls)
+    if depth is not None:
+        entry["blocks"] = depth
+        entry["removed"].update(_blocks_removed(depth))
     return entry
+
+
+def _blocks_removed(depth: dict[str, Any] | None) -> dict[str, int]:
+    # Dropped blocks count as removed units of their stack, so callers that ask "did this
+    # step change the model?" (self-distilled pruning re-attaching its hooks) see them.
+    removed: dict[str, int] = {}
+    for name in (depth or {}).get("removed", []):
+        stack = name.rpartition(".")[0]
+        removed[stack] = removed.get(stack, 0) + 1
+    return removed
+
+
+def depth_step(model, cfg: PruneConfig, ctx, state: PruneState, *, progress: float, seed: int):
+    """Remove the blocks due once ``progress`` of the stage's ``layers`` is done (the least
+    influential first); None when none are due. Edit records go to ``ctx.history``."""
+    if cfg.layers is None:
+        return None
+    if state.blocks is None:
+        state.blocks = count_blocks(model)
+    due = math.floor(blocks_to_remove(cfg.layers, state.blocks) * progress + 0.5)
+    due -= state.blocks_removed
+    if due <= 0:
+        return None
+    batches = _depth_batches(cfg, ctx, seed)
+    records, report = remove_least_influential(
+        model, due, batches, ignore=cfg.ignore, run=call_model
+    )
+    state.blocks_removed += due
+    stage = ctx.stage_name or "prune"
+    # "dim": "items" keeps these apart from channel edits (which carry "out"/"in").
+    ctx.history.extend({"stage": stage, "unit": "blocks", "dim": "items", **r} for r in records)
+    return report
+
+
+def _depth_batches(cfg: PruneConfig, ctx, seed: int) -> list[dict[str, Any]]:
+    if ctx.data.has("calibration"):
+        batches = _batches(ctx, "calibration", cfg.calibration_batches, seed)
+        if batches:
+            return [b.inputs for b in batches]
+    return [{k: v.to(ctx.device) for k, v in ctx.example_inputs().items()}]
 
 
 def prune_once(model, cfg: PruneConfig, ctx, *, importance=None) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -154,15 +156,32 @@ def test_hf_format_is_refused_for_a_plain_model(mlp_ctx, compacted, tmp_path):
     with pytest.raises(PlanError, match="Hugging Face"):
         export_model(model, mlp_ctx, tmp_path / "out", manifest)
     assert not (tmp_path / "out").exists()
-    # A Hugging Face model: refused up front until the folder writer (issue #7) exists.
-    import compressor.hf
 
-    if hasattr(compressor.hf, "save_hf_folder"):
-        return
-    mlp_ctx.loaded.architecture.kind = "hf"
-    with pytest.raises(PlanError, match="not supported by this version"):
-        export_model(model, mlp_ctx, tmp_path / "out", manifest)
-    assert not (tmp_path / "out").exists()
+
+def test_hf_format_writes_a_folder_that_reloads(tmp_path):
+    from compressor.structure import diff, snapshot
+    from tests.unit.hf.helpers import hf_context
+
+    ctx, model = hf_context(tmp_path, "bert")
+    before = snapshot(model)
+    layer = model.model.encoder.layer[0]
+    keep = torch.arange(0, layer.intermediate.dense.out_features, 2)
+    dense_in, dense_out = layer.intermediate.dense, layer.output.dense
+    dense_in.weight = torch.nn.Parameter(dense_in.weight.data[keep].clone())
+    dense_in.bias = torch.nn.Parameter(dense_in.bias.data[keep].clone())
+    dense_in.out_features = len(keep)
+    dense_out.weight = torch.nn.Parameter(dense_out.weight.data[:, keep].clone())
+    dense_out.in_features = len(keep)
+    ctx.plan.export.formats = ["safetensors", "hf"]
+    artifacts = export_model(model, ctx, tmp_path / "out", diff(before, model))
+    folder = Path(artifacts["hf"]["path"])
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert artifacts["hf"]["size_bytes"] > 0
+    inputs = ctx.example_inputs()
+    with torch.no_grad():
+        expected = model.eval()(**inputs)
+        assert torch.equal(load(folder)(**inputs), expected)
+        assert torch.equal(load(tmp_path / "out" / "model.safetensors")(**inputs), expected)
 
 
 def test_load_refuses_files_it_cannot_rebuild(tmp_path):

@@ -1,0 +1,109 @@
+"""Torch-Pruning's dependency graph, with two fixes that transformers models need.
+
+1. Reshapes. Torch-Pruning maps channels through view/reshape only for 2-D/4-D activations
+   (flatten of a CNN feature map), and tells those from sequence models by seeing an
+   ``nn.Linear`` with a 3-D output. GPT-2 has no ``nn.Linear`` (its projections are
+   transformers' ``Conv1D``), so every head-splitting ``view`` would be read as a flatten; a
+   ``Conv1D`` with a 3-D output is now the same evidence.
+2. Splits along the last axis given as a positive index. Torch-Pruning maps channels
+   through a split only along axis 1 or a negative axis (``dim=-1``). GPT-2 splits its packed
+   query/key/value projection with ``.split(split_size, dim=2)`` on a (batch, sequence,
+   3 * width) tensor: the channel axis, named by its positive index. Left alone, channel ``c``
+   of the packed projection would be coupled to channel ``c`` of each of query, key and value,
+   and a head removed from the wrong places. :func:`map_last_axis_splits` gives such splits
+   the offsets Torch-Pruning gives the ones it understands, matching each consumer to the
+   split output it actually reads (from its autograd link), not to the order in which the
+   tracer happened to meet it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch_pruning as tp
+from torch_pruning.dependency.index_mapping import _SplitIndexMapping
+from torch_pruning.ops import OPTYPE
+
+from compressor.graph.layers import customized_pruners, is_transposed_linear
+
+
+class DependencyGraph(tp.DependencyGraph):
+    """``tp.DependencyGraph`` that edits ``Conv1D`` layers and reads GPT-2's graph right."""
+
+    def build_dependency(self, model, example_inputs, **kwargs):
+        pruners = {**customized_pruners(model), **(kwargs.pop("customized_pruners", None) or {})}
+        super().build_dependency(model, example_inputs, customized_pruners=pruners, **kwargs)
+        map_last_axis_splits(self)
+        return self
+
+    def _trace(self, model, example_inputs, forward_fn, output_transform):
+        ranks: list[int] = []
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out: ranks.append(out.dim()))
+            for m in model.modules()
+            if is_transposed_linear(m)
+        ]
+        try:
+            module2node = super()._trace(model, example_inputs, forward_fn, output_transform)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if any(rank > 2 for rank in ranks):
+            self._2d_4d = False  # what a Linear with a 3-D output tells Torch-Pruning
+        return module2node
+
+
+def _split_sizes(grad_fn: Any, total: int) -> list[int] | None:
+    sizes = getattr(grad_fn, "_saved_split_sizes", None)
+    if sizes is not None:
+        return [int(s) for s in sizes]
+    size = getattr(grad_fn, "_saved_split_size", None)
+    if size is None or size <= 0:
+        return None
+    size = int(size)
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def _output_number(split_fn: Any, consumer_fn: Any) -> int | None:
+    """Which output of the split ``consumer_fn`` reads (autograd records it)."""
+    for fn, number in getattr(consumer_fn, "next_functions", ()):
+        if fn is split_fn:
+            return int(number)
+    return None
+
+
+def map_last_axis_splits(dg: Any) -> int:
+    """Give every split along the last axis (positive index) its channel offsets, in place.
+
+    Returns:
+        How many split nodes were mapped.
+    """
+    mapped = 0
+    for node in dg.module2node.values():
+        if node.type != OPTYPE.SPLIT:
+            continue
+        fn = node.grad_fn
+        shape = getattr(fn, "_saved_self_sym_sizes", None)
+        dim = getattr(fn, "_saved_dim", None)
+        if shape is None or dim is None or dim == 1 or dim != len(shape) - 1:
+            continue  # Torch-Pruning handles these itself (or they are not channel splits)
+        sizes = _split_sizes(fn, int(shape[dim]))
+        if not sizes:
+            continue
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        node.module.split_sizes, node.module.offsets = sizes, offsets
+        for out_node in node.outputs:
+            number = _output_number(fn, out_node.grad_fn)
+            if number is None or number >= len(sizes):
+                continue
+            span = offsets[number : number + 2]
+            for dep in node.dependencies:
+                if dep.target is out_node:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=False)
+            for dep in out_node.dependencies:
+                if dep.target is node:
+                    dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=True)
+        mapped += 1
+    return mapped
