@@ -414,8 +414,9 @@ def load(
 
     Args:
         path: a compress ``model.safetensors`` (-> the compacted ``nn.Module``, eval mode,
-            rebuilt without pickle), a Hugging Face folder compress wrote, or an ``.onnx`` file (-> ``OnnxModel``: call it with the
-            same named inputs; it returns the first output as a torch tensor).
+            rebuilt without pickle), a Hugging Face folder compress wrote, or an ``.onnx``
+            file (-> ``OnnxModel``: call it with the same named inputs; it returns the first
+            output as a torch tensor).
         safe: refuse architecture imports not explicitly allowed.
         device: where the model runs.
         threads: onnxruntime intra-op threads (ONNX only).
