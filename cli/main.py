@@ -14,7 +14,13 @@ from typing import Annotated
 
 import typer
 
-from cli.output import console, fail, handle_errors, print_plan_summary
+from cli.output import (
+    console,
+    fail,
+    handle_errors,
+    print_plan_summary,
+    sigterm_as_interrupt,
+)
 
 app = typer.Typer(
     name="compress",
@@ -28,9 +34,28 @@ app = typer.Typer(
 PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a plan field: PATH=VALUE, e.g. stages.0.prune.amount=0.3."),
+    typer.Option(
+        "--set", help="Override a plan field: PATH=VALUE, e.g. stages.0.prune.amount=0.3."
+    ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+SafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--safe",
+        help="For plans you do not trust (CI on pull requests): refuse trust_pickle and every "
+        "'module:function' import (architecture, data) not allowed with --allow-import.",
+    ),
+]
+AllowImportOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-import",
+        metavar="PREFIX",
+        help="In safe mode, allow imports from this package (repeat, or comma-separate), "
+        "e.g. --allow-import mypkg.models. Also: COMPRESS_ALLOW_IMPORTS=mypkg.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -59,16 +84,20 @@ def run(
         bool, typer.Option("--dry-run", help="Print the resolved plan; load nothing heavy.")
     ] = False,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run from its last stage.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run from its last finished stage (same plan and "
+            "checkpoint; results identical to an uninterrupted run).",
+        ),
     ] = False,
     gate: Annotated[
         list[str] | None,
         typer.Option("--gate", help="Extra gate NAME=VALUE, e.g. min_speedup=1.5."),
     ] = None,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip latency measurement.")] = False,
-    safe: Annotated[
-        bool, typer.Option("--safe", help="Refuse imports and pickles from the plan (CI on PRs).")
-    ] = False,
+    safe: SafeOpt = False,
+    allow_import: AllowImportOpt = None,
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, help="Train on N local processes (runs torchrun).")
     ] = 1,
@@ -80,24 +109,35 @@ def run(
         from compressor.distributed import launch
 
         raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
-    with handle_errors(debug):
+    with sigterm_as_interrupt(), handle_errors(debug):
         from compressor.plan_io import load_plan
 
         overrides = list(set_ or [])
         if safe:
-            overrides.append("safe=true")
-        loaded = load_plan(plan, overrides)
+            overrides.append("safe=true")  # last, so that no --set can turn it off again
+        allowed = list(allow_import or [])
+        loaded = load_plan(plan, overrides, allowed_imports=allowed)
         extra_gates = _parse_gates(gate or [])
         if dry_run:
             print_plan_summary(loaded, out)
             return
         from compressor.runner import run_plan
 
-        result = run_plan(loaded, out_dir=out, resume=resume, console=console, quiet=quiet,
-                          extra_gates=extra_gates, skip_bench=no_bench)
+        result = run_plan(
+            loaded,
+            out_dir=out,
+            resume=resume,
+            console=console,
+            quiet=quiet,
+            extra_gates=extra_gates,
+            skip_bench=no_bench,
+            allowed_imports=allowed,
+        )
         from cli.output import print_run_result
 
         print_run_result(result)
+        if result.error is not None:
+            raise result.error  # printed by handle_errors, after the summary it explains
         raise typer.Exit(result.exit_code)
 
 
@@ -121,8 +161,10 @@ def _parse_gates(items: list[str]) -> dict[str, float]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in GatesSpec.model_fields:
-            fail(f"--gate {item!r}: expected NAME=VALUE with NAME one of "
-                 f"{', '.join(GatesSpec.model_fields)}")
+            fail(
+                f"--gate {item!r}: expected NAME=VALUE with NAME one of "
+                f"{', '.join(GatesSpec.model_fields)}"
+            )
         try:
             gates[name] = float(value)
         except ValueError:
@@ -134,13 +176,16 @@ def _parse_gates(items: list[str]) -> dict[str, float]:
 def validate(
     plan: PlanArg,
     set_: SetOpt = None,
+    safe: SafeOpt = False,
+    allow_import: AllowImportOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Check a plan against the schema and its files; do no work. Exit 2 lists every problem."""
     with handle_errors(debug):
         from compressor.plan_io import load_plan
 
-        loaded = load_plan(plan, list(set_ or []))
+        overrides = [*(set_ or []), *(["safe=true"] if safe else [])]
+        loaded = load_plan(plan, overrides, allowed_imports=list(allow_import or []))
         stages = ", ".join(name for name, _ in loaded.plan.stage_list()) or "no stages"
         console.print(f"[green]ok[/] {plan}: valid ({stages})")
 
@@ -208,8 +253,12 @@ def inspect(
         from compressor.inspection import inspect_target
 
         print_inspection(
-            inspect_target(target, architecture=architecture, inputs=list(input_shape or []),
-                           trust_pickle=trust_pickle)
+            inspect_target(
+                target,
+                architecture=architecture,
+                inputs=list(input_shape or []),
+                trust_pickle=trust_pickle,
+            )
         )
 
 

@@ -25,46 +25,75 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cancelled CI job), handled like Ctrl-C: clean up, keep finished stages."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated`, so a cancelled job releases its
+    lock and removes its temporary files like Ctrl-C does. The previous handler is restored
+    afterwards; outside the main thread (where signals cannot be handled) a no-op."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_error(error: Any) -> None:
+    err_console.print("[bold red]error:[/] " + _escape(str(error)), highlight=False)
+
+
 @contextlib.contextmanager
 def handle_errors(debug: bool) -> Iterator[None]:
-    """Turn library errors into one clear message and the documented exit code."""
-    from compressor.errors import CompressError
+    """Turn every failure into one clear message and the documented exit code.
+
+    Typed library errors keep their own code (2 bad input, 3 runtime failure, 1 gate);
+    out-of-memory and a full disk exit 3, permission denied exits 2 (a path to fix), Ctrl-C
+    or SIGTERM 130. ``debug`` also prints the traceback. No other exception escapes: an
+    unexpected one is reported as an internal error with exit 3.
+    """
+    from compressor.errors import CompressError, explain
 
     try:
         yield
     except typer.Exit:
         raise
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        err_console.print(
+            f"[yellow]{what}[/]; finished stages are kept: rerun with --resume", highlight=False
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except CompressError as e:
         if debug:
             traceback.print_exc()
-        err_console.print("[bold red]error:[/] " + _escape(str(e)), highlight=False)
+        _print_error(e)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]; finished stages are kept: rerun with --resume")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except MemoryError:
-        err_console.print("[bold red]error:[/] out of memory", highlight=False)
-        err_console.print("  fix: use a smaller batch_size (data.batch_size, bench.batch_sizes)")
-        raise typer.Exit(EXIT_RUNTIME) from None
-    except OSError as e:
+    except Exception as e:  # MemoryError and OSError are Exceptions too
         if debug:
             traceback.print_exc()
-        what = e.strerror or str(e)
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        err_console.print(f"[bold red]error:[/] {_escape(what)}{_escape(where)}", highlight=False)
-        hint = {28: "free disk space or choose another --out", 13: "check the permissions"}
-        if e.errno in hint:
-            err_console.print(f"  fix: {hint[e.errno]}")
-        raise typer.Exit(EXIT_RUNTIME) from None
-    except Exception as e:  # an internal error: still no traceback unless asked
-        if debug:
-            traceback.print_exc()
-        else:
-            err_console.print(
-                f"[bold red]internal error:[/] {type(e).__name__}: {_escape(str(e))[:500]}",
-                highlight=False,
-            )
-            err_console.print("  rerun with --debug for the traceback, and please report it")
+        explained = explain(e)
+        if explained is not None:
+            _print_error(explained)
+            raise typer.Exit(explained.exit_code) from None
+        # An internal error: still no traceback unless asked.
+        err_console.print(
+            f"[bold red]internal error:[/] {type(e).__name__}: {_escape(str(e))[:500]}",
+            highlight=False,
+        )
+        err_console.print("  rerun with --debug for the traceback, and please report it")
         raise typer.Exit(EXIT_RUNTIME) from None
 
 

@@ -7,11 +7,13 @@ then replay the structure manifest (see ``compressor.structure``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,66 @@ from compressor.errors import CheckpointError
 
 # Modules whose callables must never be named as a model factory by a file's metadata:
 # calling them with attacker-chosen keyword arguments runs commands or fetches code.
-_NEVER_FACTORIES = {"builtins", "os", "subprocess", "sys", "shutil", "importlib", "runpy", "pickle",
-                    "marshal", "ctypes", "socket", "torch.hub", "pty", "code", "codeop", "webbrowser"}
+_NEVER_FACTORIES = {
+    "builtins",
+    "os",
+    "subprocess",
+    "sys",
+    "shutil",
+    "importlib",
+    "runpy",
+    "pickle",
+    "marshal",
+    "ctypes",
+    "socket",
+    "torch.hub",
+    "pty",
+    "code",
+    "codeop",
+    "webbrowser",
+}
+
+
+# Import prefixes allowed in safe mode for the run in progress (``--allow-import``). Held in
+# a context variable so that every import a run makes (architecture, teacher, data source,
+# a resumed stage file) sees the allowance without threading it through each call.
+_RUN_ALLOWED: ContextVar[tuple[str, ...]] = ContextVar("compress_allowed_imports", default=())
 
 
 def _env_allowed_prefixes() -> list[str]:
     raw = os.environ.get("COMPRESS_ALLOW_IMPORTS", "")
     return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def split_prefixes(items: Iterable[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (``--allow-import`` may repeat or use commas)."""
+    return [p.strip() for item in items or [] for p in item.split(",") if p.strip()]
+
+
+def allowed_import_prefixes(extra: Iterable[str] | None = None) -> list[str]:
+    """Every module prefix safe mode allows: ``extra``, the run's, ``COMPRESS_ALLOW_IMPORTS``."""
+    return [*split_prefixes(extra), *_RUN_ALLOWED.get(), *_env_allowed_prefixes()]
+
+
+def is_import_allowed(module_name: str, extra: Iterable[str] | None = None) -> bool:
+    """True when ``module_name`` is one of the allowed prefixes or inside one (``pkg.sub``)."""
+    return any(
+        module_name == p or module_name.startswith(p + ".") for p in allowed_import_prefixes(extra)
+    )
+
+
+@contextlib.contextmanager
+def allowed_imports(prefixes: Iterable[str] | None) -> Iterator[None]:
+    """Allow imports from ``prefixes`` in safe mode for the duration of the block.
+
+    The allowance comes from whoever runs compress (``--allow-import``), never from the plan
+    or a file, which are what safe mode distrusts.
+    """
+    token = _RUN_ALLOWED.set((*_RUN_ALLOWED.get(), *split_prefixes(prefixes)))
+    try:
+        yield
+    finally:
+        _RUN_ALLOWED.reset(token)
 
 
 def resolve_import(
@@ -44,7 +99,8 @@ def resolve_import(
     Args:
         ref: the import string.
         what: how to name it in errors (e.g. "model.architecture").
-        safe: refuse unless the module is in ``allowed_prefixes`` / ``COMPRESS_ALLOW_IMPORTS``.
+        safe: refuse unless the module is in ``allowed_prefixes``, the prefixes allowed for the
+            run (:func:`allowed_imports`, ``--allow-import``) or ``COMPRESS_ALLOW_IMPORTS``.
         from_file_metadata: the string came from a file, not from the user: refuse the standard
             library and other modules whose callables could run commands.
 
@@ -55,8 +111,7 @@ def resolve_import(
     if not module_name or not attr:
         raise CheckpointError(f"{what}: {ref!r} is not of the form 'package.module:function'")
     top = module_name.split(".")[0]
-    allowed = [*(allowed_prefixes or []), *_env_allowed_prefixes()]
-    if safe and not any(module_name == p or module_name.startswith(p + ".") for p in allowed):
+    if safe and not is_import_allowed(module_name, allowed_prefixes):
         raise CheckpointError(
             f"{what}: importing {module_name!r} runs its code, which safe mode refuses",
             hint="allow it with --allow-import "
@@ -118,8 +173,17 @@ class ArchitectureRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchitectureRef:
-        if not isinstance(data, dict) or "kind" not in data:
-            raise CheckpointError("the file's architecture metadata is malformed")
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("kind"), str)
+            or not isinstance(data.get("ref"), (str, type(None)))
+            or not isinstance(data.get("kwargs") or {}, dict)
+            or not isinstance(data.get("extra") or {}, dict)
+        ):
+            raise CheckpointError(
+                "the file's architecture metadata is malformed (want kind, ref, kwargs, extra)",
+                hint="the file is damaged or not written by compress: export it again",
+            )
         return cls(
             kind=str(data["kind"]),
             ref=data.get("ref"),
@@ -151,10 +215,8 @@ def call_factory(factory: Any, ref: str, kwargs: dict[str, Any]) -> nn.Module:
         model = factory(**kwargs)
     except TypeError as e:
         params = ""
-        try:
+        with contextlib.suppress(TypeError, ValueError):  # builtins may have no signature
             params = f" (it takes {inspect.signature(factory)})"
-        except (TypeError, ValueError):
-            pass
         raise CheckpointError(
             f"architecture {ref!r} could not be called with kwargs {kwargs}: {e}{params}",
             hint="fix model.kwargs",

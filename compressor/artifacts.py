@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,11 +32,12 @@ import torch
 import torch.nn as nn
 
 from compressor.architecture import ArchitectureRef
-from compressor.errors import CheckpointError, ExportError
+from compressor.errors import CheckpointError, ExportError, explain, is_out_of_memory
 from compressor.structure import apply_manifest
 
 FORMAT = "compress"
-FORMAT_VERSION = 1
+_DAMAGED = "the file is damaged or not written by compress: export it again"
+FORMAT_VERSION = 2  # 2: codebooks of <= 16 entries store two 4-bit indices per byte
 _CODEBOOK_MAX = 256
 _CODEBOOK_MIN_NUMEL = 1024
 
@@ -42,10 +45,23 @@ _CODEBOOK_MIN_NUMEL = 1024
 # ------------------------------------------------------------------ atomic writes
 
 
+def _default_file_mode() -> int:
+    # mkstemp creates 0600 files; a published artifact gets the mode a plain open() would
+    # give it (0666 less the umask), so CI steps running as another user can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed onto
-    ``path``, on failure removed. Readers never see a half-written file under the final name."""
+    ``path``, on failure removed. Readers never see a half-written file under the final name.
+
+    The temporary name is hidden and ends in ``.tmp`` (``.model.safetensors.x1y2.tmp``); only
+    a process killed mid-write (SIGKILL, power loss) can leave one behind, never a partial
+    file under ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -55,6 +71,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -82,8 +99,13 @@ class SavedModel:
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
-            t.dtype)
+    return (
+        t.untyped_storage().data_ptr(),
+        t.storage_offset(),
+        tuple(t.shape),
+        tuple(t.stride()),
+        t.dtype,
+    )
 
 
 def dedupe_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -125,10 +147,34 @@ def encode_state(state: dict[str, torch.Tensor], codebooks: bool = True):
             stored[key] = tensor
             continue
         indices, values = coded
+        info: dict[str, Any] = {
+            "encoding": "codebook",
+            "dtype": str(tensor.dtype).replace("torch.", ""),
+        }
+        if values.numel() <= 16:  # 4-bit indices: two per byte (8x smaller than float32)
+            indices = _pack4(indices)
+            info.update(bits=4, shape=list(tensor.shape))
         stored[f"{key}.__indices"] = indices
         stored[f"{key}.__codebook"] = values
-        encoded[key] = {"encoding": "codebook", "dtype": str(tensor.dtype).replace("torch.", "")}
+        encoded[key] = info
     return stored, encoded
+
+
+def _pack4(indices: torch.Tensor) -> torch.Tensor:
+    flat = indices.reshape(-1).to(torch.uint8)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    return flat[0::2] | (flat[1::2] << 4)
+
+
+def _unpack4(packed: torch.Tensor, shape: Any, key: str, path: Path) -> torch.Tensor:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise CheckpointError(f"{path}: codebook shape of {key!r} is invalid", hint=_DAMAGED)
+    numel = math.prod(shape)
+    if packed.dtype != torch.uint8 or packed.numel() != (numel + 1) // 2:
+        raise CheckpointError(f"{path}: packed codebook indices of {key!r} do not fit its shape")
+    flat = torch.stack([packed.reshape(-1) & 0x0F, packed.reshape(-1) >> 4], dim=1).reshape(-1)
+    return flat[:numel].reshape(shape)
 
 
 def save_compressed(
@@ -152,7 +198,8 @@ def save_compressed(
     stored = {k: v.contiguous() for k, v in stored.items()}
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        # Version 1 readers cannot unpack 4-bit indices: only such files say version 2.
+        "format_version": str(2 if any(e.get("bits") == 4 for e in encoded.values()) else 1),
         "architecture": json.dumps(architecture.to_dict()),
         "manifest": json.dumps(manifest),
         "aliases": json.dumps(aliases),
@@ -167,9 +214,34 @@ def save_compressed(
     try:
         with atomic_path(path) as tmp:
             save_file(stored, str(tmp), metadata=metadata)
-    except OSError as e:
-        raise ExportError(f"could not write {path}: {e.strerror or e}") from None
+            canonicalize_header(tmp)
+    except Exception as e:  # OSError, or safetensors' own error type for I/O failures
+        explained = explain(e)
+        if explained is None:
+            raise ExportError(f"could not write {path}: {e}") from None
+        explained.message = f"could not write {path}: {explained.message}"
+        raise explained from None
     return SavedModel(path, path.stat().st_size, aliases, encoded)
+
+
+def canonicalize_header(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted, in place.
+
+    The safetensors library keeps metadata in a Rust HashMap, whose order is random in each
+    process, so the same model would otherwise give different bytes on every run (and a
+    resumed run could never be byte-identical to an uninterrupted one). Tensor entries and
+    data are untouched; the header keeps its length (padded with spaces, as the format allows).
+    """
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:  # cannot happen for a reordering; never corrupt the file
+            return
+        f.seek(8)
+        f.write(text + b" " * (length - len(text)))
 
 
 # ------------------------------------------------------------------ loading
@@ -224,6 +296,11 @@ def decode_state(stored: dict[str, torch.Tensor], encoded: dict[str, dict[str, A
             values = state.pop(f"{key}.__codebook")
         except KeyError:
             raise CheckpointError(f"{path}: codebook tensors of {key!r} are missing") from None
+        bits = info.get("bits", 8)
+        if bits == 4:
+            indices = _unpack4(indices, info.get("shape"), key, path)
+        elif bits != 8:
+            raise CheckpointError(f"{path}: codebook of {key!r} has {bits!r}-bit indices")
         if indices.numel() and int(indices.max()) >= values.numel():
             raise CheckpointError(f"{path}: codebook index of {key!r} is out of range")
         state[key] = values[indices.long()]
@@ -277,14 +354,19 @@ def load_compressed(
 ) -> CompressedFile:
     """Rebuild a compacted model from a compress safetensors file (no pickle).
 
+    The file is untrusted input: every metadata field is type-checked, and any failure to
+    replay it (a forged manifest, tensors that do not fit) is a :class:`CheckpointError`
+    naming the file, never a crash.
+
     Args:
         path: the ``model.safetensors`` written by compress.
         safe: refuse architecture imports not explicitly allowed.
         architecture: build this instead of the architecture the file names.
         builder: build the original yourself (overrides ``architecture``).
-    """
-    from safetensors.torch import load_file
 
+    Raises:
+        CheckpointError: the file is not a readable compress model file.
+    """
     path = Path(path)
     meta = read_metadata(path) or {}
     if meta.get("format") != FORMAT:
@@ -292,22 +374,70 @@ def load_compressed(
             f"{path} is not a compress model file (no compress metadata)",
             hint="for a plain state dict, give model.architecture in the plan",
         )
-    version = int(meta.get("format_version", "0") or 0)
+    try:
+        version = int(meta.get("format_version", "0") or 0)
+    except ValueError:
+        raise CheckpointError(
+            f"{path}: metadata format_version {meta['format_version']!r} is not a number",
+            hint=_DAMAGED,
+        ) from None
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} uses format version {version}; this compress reads up to {FORMAT_VERSION}",
             hint="upgrade compress",
         )
     arch = architecture or ArchitectureRef.from_dict(_json_field(meta, "architecture", path, {}))
-    manifest = _json_field(meta, "manifest", path, [])
-    aliases = _json_field(meta, "aliases", path, {})
-    encoded = _json_field(meta, "encoded", path, {})
-    model = builder(arch) if builder else arch.build(safe=safe, from_file_metadata=architecture is None)
+    manifest = _typed_field(meta, "manifest", path, [], list, "a list of ops")
+    if not all(isinstance(op, dict) for op in manifest):
+        raise CheckpointError(f"{path}: metadata 'manifest' holds a non-object op", hint=_DAMAGED)
+    aliases = _typed_field(meta, "aliases", path, {}, dict, "an object")
+    encoded = _typed_field(meta, "encoded", path, {}, dict, "an object")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise CheckpointError(f"{path}: metadata 'aliases' must map names to names", hint=_DAMAGED)
+    if not all(isinstance(v, dict) for v in encoded.values()):
+        raise CheckpointError(f"{path}: metadata 'encoded' entries must be objects", hint=_DAMAGED)
+    inputs = _typed_field(meta, "inputs", path, {}, dict, "an object")
+    history = _typed_field(meta, "history", path, [], list, "a list")
+    plan = _typed_field(meta, "plan", path, {}, dict, "an object")
+    model = (
+        builder(arch) if builder else arch.build(safe=safe, from_file_metadata=architecture is None)
+    )
+    try:
+        _rebuild(model, path, manifest, aliases, encoded)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise
+        # A manifest or tensors that do not fit what the file names: bad input, not a bug.
+        raise CheckpointError(
+            f"{path}: the model it describes cannot be rebuilt ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else 'no details'})",
+            hint="the file is damaged, forged, or was written for another architecture",
+        ) from None
+    return CompressedFile(
+        model=model,
+        architecture=arch,
+        manifest=manifest,
+        inputs=inputs,
+        history=history,
+        plan=plan,
+        metadata=meta,
+    )
+
+
+def _rebuild(model: nn.Module, path: Path, manifest: list, aliases: dict, encoded: dict) -> None:
+    """Replay the manifest on the freshly built original and load the file's tensors."""
+    from safetensors.torch import load_file
+
     apply_manifest(model, manifest)
+    from compressor.graph.depth import sync_configs
+
+    sync_configs(model, manifest)  # configs are not modules: redo the layer-count edits
     try:
         stored = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path}: cannot read tensors ({e})") from None
+        raise CheckpointError(f"{path}: cannot read tensors ({e})", hint=_DAMAGED) from None
     state = decode_state(stored, encoded, path)
     for alias, target in aliases.items():
         if target not in state:
@@ -323,12 +453,14 @@ def load_compressed(
         )
     retie(model, aliases)
     model.eval()
-    return CompressedFile(
-        model=model,
-        architecture=arch,
-        manifest=manifest,
-        inputs=_json_field(meta, "inputs", path, {}),
-        history=_json_field(meta, "history", path, []),
-        plan=_json_field(meta, "plan", path, {}),
-        metadata=meta,
-    )
+
+
+def _typed_field(
+    meta: dict[str, str], key: str, path: Path, default: Any, kind: type, what: str
+) -> Any:
+    value = _json_field(meta, key, path, default)
+    if not isinstance(value, kind):
+        raise CheckpointError(
+            f"{path}: metadata {key!r} must be {what}, not {type(value).__name__}", hint=_DAMAGED
+        )
+    return value

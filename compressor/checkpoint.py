@@ -362,11 +362,7 @@ def load_model(
         if spec.architecture:
             arch = ArchitectureRef("factory", spec.architecture, dict(spec.kwargs))
         loaded = load_compressed(path, safe=safe, architecture=arch)
-        from compressor.plan import InputSpec
-
-        inputs = dict(spec.inputs) or {
-            n: InputSpec.model_validate(s) for n, s in loaded.inputs.items()
-        }
+        inputs = dict(spec.inputs) or _file_input_specs(loaded.inputs, path)
         return LoadedModel(
             loaded.model,
             "compressed",
@@ -404,6 +400,23 @@ def load_model(
     return LoadedModel(
         model, kind, path, arch, dict(spec.inputs), tokenizer=_tokenizer_for(spec, base_dir)
     )
+
+
+def _file_input_specs(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The example-input specs a compress file records, validated like a plan's."""
+    from pydantic import ValidationError
+
+    from compressor.plan import InputSpec
+
+    try:
+        return {str(n): InputSpec.model_validate(s) for n, s in raw.items()}
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CheckpointError(
+            f"{path}: metadata 'inputs' is not valid ({where}: {first['msg']})",
+            hint="give model.inputs in the plan, or export the file again",
+        ) from None
 
 
 def _tokenizer_for(spec: Any, base_dir: Path | None):

@@ -57,12 +57,21 @@ class Batch:
 class NamedTensorDataset(Dataset):
     """Examples stored as whole tensors: ``inputs[name][i]`` and ``target[i]``."""
 
-    def __init__(self, inputs: Mapping[str, torch.Tensor], target: torch.Tensor | None = None):
+    def __init__(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        target: torch.Tensor | None = None,
+        *,
+        origin: str = "data",
+    ):
         sizes = {name: len(t) for name, t in inputs.items()}
         if target is not None:
             sizes["<labels>"] = len(target)
         if len(set(sizes.values())) > 1:
-            raise DataError(f"inputs and labels have different numbers of examples: {sizes}")
+            raise DataError(
+                f"{origin}: inputs and labels have different numbers of examples: {sizes}",
+                hint="every tensor (and the labels) needs one row per example",
+            )
         self.inputs = dict(inputs)
         self.target = target
 
@@ -147,7 +156,9 @@ class InputLayout:
         )
 
 
-def _fit_to_layout(name: str, tensor: torch.Tensor, layout: InputLayout, origin: str) -> torch.Tensor:
+def _fit_to_layout(
+    name: str, tensor: torch.Tensor, layout: InputLayout, origin: str
+) -> torch.Tensor:
     """Reshape a batch of examples to the input's per-example shape and cast to its dtype."""
     want = layout.shapes.get(name)
     if want is not None and tuple(tensor.shape[1:]) != want:
@@ -190,7 +201,7 @@ def _load_tensor_file(path: Path, layout: InputLayout, trust_pickle: bool) -> Na
 
     arrays = read_tensor_mapping(path, trust_pickle=trust_pickle, what="data file")
     inputs, target = _assign_names(dict(arrays), layout, str(path))
-    return NamedTensorDataset(inputs, target)
+    return NamedTensorDataset(inputs, target, origin=str(path))
 
 
 # ------------------------------------------------------------------- text data
@@ -247,8 +258,10 @@ def _read_text_records(path: Path, options: Mapping[str, str]) -> tuple[list[str
 def _labels_to_tensor(labels: list[Any], label_names: Sequence[str] | None, origin: str):
     if not labels:
         return None
-    if all(isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
-           for v in labels):
+    if all(
+        isinstance(v, int) or (isinstance(v, str) and v.strip().lstrip("-").isdigit())
+        for v in labels
+    ):
         return torch.tensor([int(v) for v in labels], dtype=torch.long)
     if label_names is None:
         raise DataError(
@@ -321,13 +334,21 @@ BUILTINS: dict[str, Callable[[Mapping[str, str], InputLayout], NamedTensorDatase
 
 
 def import_object(ref: str, *, safe: bool, what: str) -> Any:
-    """Import ``package.module:attr``. Refused in safe mode: importing runs the module's code."""
-    if safe:
+    """Import ``package.module:attr``.
+
+    In safe mode the import is refused (importing runs the module's code) unless whoever runs
+    compress allowed the module's package (``--allow-import``, ``COMPRESS_ALLOW_IMPORTS``).
+    """
+    from compressor.architecture import is_import_allowed
+
+    module_name, _, attr = ref.partition(":")
+    if safe and not is_import_allowed(module_name):
+        top = module_name.split(".")[0]
         raise DataError(
             f"{what} {ref!r} would import and run Python code, which safe mode refuses",
-            hint="use a built-in or file data source, or run without --safe / safe: true",
+            hint=f"use a built-in or file data source, allow it with --allow-import {top}, "
+            "or run without --safe / safe: true",
         )
-    module_name, _, attr = ref.partition(":")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # plans name modules relative to where they run
     try:
@@ -379,7 +400,10 @@ def normalize_example(item: Any, layout: InputLayout, origin: str):
             inputs = {n: torch.as_tensor(v) for n, v in zip(layout.names, item[:-1], strict=True)}
             target = item[-1]
         elif len(item) == len(layout.names):
-            inputs, target = {n: torch.as_tensor(v) for n, v in zip(layout.names, item, strict=True)}, None
+            inputs, target = (
+                {n: torch.as_tensor(v) for n, v in zip(layout.names, item, strict=True)},
+                None,
+            )
         else:
             raise DataError(
                 f"{origin}: examples have {len(item)} items; expected the {len(layout.names)} "
@@ -453,7 +477,9 @@ def load_source(
         obj = factory(**ref.options)
     except TypeError as e:
         raise DataError(f"data source {ref.text!r}: calling it failed ({e})") from None
-    if isinstance(obj, DataLoader) or (hasattr(obj, "__iter__") and not hasattr(obj, "__getitem__")):
+    if isinstance(obj, DataLoader) or (
+        hasattr(obj, "__iter__") and not hasattr(obj, "__getitem__")
+    ):
         return _NormalizedLoader(obj, layout, ref.text)
     if isinstance(obj, NamedTensorDataset):
         return obj

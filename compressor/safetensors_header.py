@@ -16,9 +16,23 @@ from typing import Any
 from compressor.errors import CheckpointError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+DAMAGED = "the file is damaged or incomplete: copy, download or save it again"
 DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
-    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 
 
@@ -33,16 +47,20 @@ def read_header(path: Path) -> dict[str, Any]:
         with path.open("rb") as f:
             raw_len = f.read(8)
             if len(raw_len) < 8:
-                raise CheckpointError(f"{path}: too short to be a safetensors file ({size} bytes)")
+                raise CheckpointError(
+                    f"{path}: too short to be a safetensors file ({size} bytes)", hint=DAMAGED
+                )
             (header_len,) = struct.unpack("<Q", raw_len)
             if header_len > MAX_HEADER_BYTES:
                 raise CheckpointError(
                     f"{path}: safetensors header claims {header_len} bytes (limit "
-                    f"{MAX_HEADER_BYTES}); the file is corrupt or not safetensors"
+                    f"{MAX_HEADER_BYTES}); the file is corrupt or not safetensors",
+                    hint=DAMAGED,
                 )
             if 8 + header_len > size:
                 raise CheckpointError(
-                    f"{path}: truncated (header needs {8 + header_len} bytes, file has {size})"
+                    f"{path}: truncated (header needs {8 + header_len} bytes, file has {size})",
+                    hint=DAMAGED,
                 )
             raw = f.read(header_len)
     except FileNotFoundError:
@@ -54,7 +72,9 @@ def read_header(path: Path) -> dict[str, Any]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: the safetensors header is not valid JSON (corrupt?)") from None
+        raise CheckpointError(
+            f"{path}: the safetensors header is not valid JSON (corrupt?)"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
     data_size = size - 8 - header_len
@@ -80,7 +100,8 @@ def read_header(path: Path) -> dict[str, Any]:
     if position != data_size:
         raise CheckpointError(
             f"{path}: tensors cover {position} bytes but the file holds {data_size} "
-            "(truncated or padded file)"
+            "(truncated or padded file)",
+            hint=DAMAGED,
         )
     return header
 
@@ -91,17 +112,18 @@ def _check_entry(path: Path, name: str, info: Any, data_size: int) -> None:
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if dtype not in DTYPE_BYTES:
         raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
-        or not all(isinstance(o, int) for o in offsets)
+        or not all(_is_count(o) for o in offsets)
         or not 0 <= offsets[0] <= offsets[1] <= data_size
     ):
         raise CheckpointError(
             f"{path}: tensor {name!r} has byte range {offsets!r} outside the file's "
-            f"{data_size} data bytes (truncated or corrupt)"
+            f"{data_size} data bytes (truncated or corrupt)",
+            hint=DAMAGED,
         )
     expected = math.prod(shape) * DTYPE_BYTES[dtype]
     if offsets[1] - offsets[0] != expected:
@@ -109,3 +131,8 @@ def _check_entry(path: Path, name: str, info: Any, data_size: int) -> None:
             f"{path}: tensor {name!r} ({dtype}, shape {shape}) needs {expected} bytes but its "
             f"range holds {offsets[1] - offsets[0]}"
         )
+
+
+def _is_count(value: Any) -> bool:
+    # JSON true/false parse as Python bools, which are ints: not a dimension or an offset.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -126,6 +126,16 @@ def _same_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
     return set(current) == set(state) and all(current[k].shape == v.shape for k, v in state.items())
 
 
+def _record_divergence(ctx: Any, description: str, step: int, loss: torch.Tensor) -> None:
+    # On the stage's report, whichever stage trained (finetune, distill, prune's steps): the
+    # runner finds it there, also after --resume, and fails the run with exit 3 once the last
+    # good weights are exported.
+    record = getattr(ctx, "stage_report", None)
+    if isinstance(record, dict):
+        entry = {"step": step, "loss": str(loss.item()), "during": description}
+        record.setdefault("diverged", []).append(entry)
+
+
 def train(
     model: nn.Module,
     opts: TrainingOptions,
@@ -133,7 +143,7 @@ def train(
     loss_fn: LossFn,
     *,
     loader: Any = None,
-    extra_params: Iterable[nn.Parameter] = (),
+    extra_params: Iterable[nn.Parameter] | Callable[[], Iterable[nn.Parameter]] = (),
     on_step: Callable[[int, int], bool] | None = None,
     description: str = "train",
 ) -> TrainSummary:
@@ -145,7 +155,8 @@ def train(
         ctx: the RunContext (data, device, evaluation, console, seeds).
         loss_fn: ``(model, batch) -> (loss, logs)``.
         loader: batches to train on (default: the plan's training data, shuffled).
-        extra_params: trainable parameters outside the model (e.g. projection heads).
+        extra_params: trainable parameters outside the model (e.g. projection heads), or a
+            function returning them, called whenever the optimizer is (re)built.
         on_step: called after each optimizer step with ``(step, total_steps)``; returns True
             when it changed the model's structure, so the optimizer is rebuilt.
         description: label of the progress bar.
@@ -157,7 +168,7 @@ def train(
     torch.manual_seed(seed)
     device = ctx.device
     model.to(device).train()
-    extra_params = list(extra_params)
+    extras = extra_params if callable(extra_params) else (lambda fixed=list(extra_params): fixed)
     if loader is None:
         loader = ctx.train_loader(batch_size=opts.batch_size, seed=seed)
     try:
@@ -175,7 +186,7 @@ def train(
     warmup_steps = int(opts.warmup * total_steps)
 
     def build_optimizer() -> torch.optim.Optimizer:
-        return make_optimizer([*model.parameters(), *extra_params], opts)
+        return make_optimizer([*model.parameters(), *extras()], opts)
 
     def wrap(m: nn.Module) -> nn.Module:
         # Gradients are averaged across ranks by DDP; every rank keeps identical weights.
@@ -211,6 +222,10 @@ def train(
     def evaluate_now(epoch_done: float) -> bool:
         """Evaluate, track the best; returns False when training should stop."""
         nonlocal best_metric, best_state, evals_without_gain, metric_text
+        if ctx.distributed is not None:
+            from compressor.distributed import sync_from_rank0
+
+            sync_from_rank0(model, ctx.distributed)  # every rank evaluates rank 0's weights
         value = ctx.evaluate(model)
         model.train()
         if value is None:
@@ -256,6 +271,7 @@ def train(
                         "weights (try a lower lr or grad_clip)"
                     )
                     ctx.log(f"[yellow]warning:[/] {description}: {summary.stopped}")
+                    _record_divergence(ctx, description, step, loss)
                     keep_going = False
                     break
                 optimizer.zero_grad(set_to_none=True)
@@ -292,6 +308,10 @@ def train(
             if keep_going and not evaluate_now(step / max(1, batches_per_epoch)):
                 keep_going = False
             progress.update(task, metric=metric_text)
+    if ctx.distributed is not None:
+        from compressor.distributed import sync_from_rank0
+
+        sync_from_rank0(model, ctx.distributed)
     summary.steps = step
     summary.epochs = step / max(1, batches_per_epoch)
     summary.seconds = time.perf_counter() - start

@@ -1,3 +1,5 @@
 """Built-in stages. Importing this package registers them (see ``registry``)."""
 
-from compressor.stages import finetune, prune  # noqa: F401  (registration side effects)
+# Registration order is the order stages are listed in (schema, errors).
+from compressor.stages import finetune, prune  # noqa: F401, I001  (registration side effects)
+from compressor.stages import share  # noqa: F401
