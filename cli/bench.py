@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli.options import AllowImportOpt, SafeOpt
 from cli.output import console, handle_errors
 
 
@@ -69,7 +70,8 @@ def bench(
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow unpickling (runs code in the file).")
     ] = False,
-    safe: Annotated[bool, typer.Option("--safe", help="Refuse imports from files.")] = False,
+    safe: SafeOpt = False,
+    allow_import: AllowImportOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Less output.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -90,18 +92,21 @@ def bench(
             "memory": False if no_memory else None,
         }
         log = (lambda _m: None) if quiet else (lambda m: console.print(f"[dim]{m}[/]"))
-        result = bench_paths(
-            list(models),
-            log=log,
-            architecture=architecture,
-            inputs=list(input_shape or []),
-            bench=overrides,
-            eval_source=eval_data,
-            metric=metric,
-            exporter=exporter,
-            trust_pickle=trust_pickle,
-            safe=safe,
-        )
+        from compressor.architecture import allowed_imports
+
+        with allowed_imports(allow_import):
+            result = bench_paths(
+                list(models),
+                log=log,
+                architecture=architecture,
+                inputs=list(input_shape or []),
+                bench=overrides,
+                eval_source=eval_data,
+                metric=metric,
+                exporter=exporter,
+                trust_pickle=trust_pickle,
+                safe=safe,
+            )
         console.print(render_bench_table(result))
         if json_out is not None:
             from compressor.artifacts import write_json_atomic
