@@ -22,8 +22,9 @@ def compress(*args: str, cwd: Path = ROOT, env: dict | None = None):
     exe = Path(sys.executable).with_name("compress")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cli.main"]
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run([*cmd, *args], cwd=cwd, capture_output=True, text=True, env=full_env,
-                          timeout=300)
+    return subprocess.run(
+        [*cmd, *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=300
+    )
 
 
 def assert_no_traceback(result) -> None:
@@ -46,10 +47,23 @@ def test_every_subcommand_has_help(command):
     assert_no_traceback(result)
 
 
-def test_shell_completion_script_is_available():
-    result = compress("--show-completion", "bash", env={"SHELL": "/bin/bash"})
-    assert result.returncode == 0
-    assert "complete" in result.stdout and "compress" in result.stdout.lower()
+def test_shell_completion_completes_commands_and_options():
+    # What bash's completion function runs on <TAB>; independent of the shell detection that
+    # --show-completion needs (which has no shell to detect under CI).
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = {
+            "COMP_WORDS": line,
+            "COMP_CWORD": str(len(words) - 1),
+            "_COMPRESS_COMPLETE": "complete_bash",
+        }
+        result = compress(env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert complete("compress va") == ["validate"]
+    assert "--dry-run" in complete("compress run --dr")
+    assert {"run", "bench", "inspect"} <= set(complete("compress "))
 
 
 def test_version():
@@ -74,8 +88,13 @@ def test_validate_broken_plan_lists_every_error(tmp_path):
     assert result.returncode == 2
     assert_no_traceback(result)
     err = result.stderr
-    for needle in ("model.architecture", "stages.0.prune.amount", "stages.0.prune.criterion",
-                   "stages.0.prune.bogus", "missing.safetensors does not exist"):
+    for needle in (
+        "model.architecture",
+        "stages.0.prune.amount",
+        "stages.0.prune.criterion",
+        "stages.0.prune.bogus",
+        "missing.safetensors does not exist",
+    ):
         assert needle in err, err
     assert f"{plan}:5:" in err
 
@@ -112,8 +131,9 @@ def test_schema_is_json_schema_of_the_plan(tmp_path):
 def test_init_writes_a_plan_that_validates(tmp_path):
     out = tmp_path / "plan.yaml"
     ckpt = SAMPLES / "digits_cnn" / "model.safetensors"
-    result = compress("init", str(ckpt), "-a", "sample_models.digits_cnn.model:build",
-                      "--out", str(out))
+    result = compress(
+        "init", str(ckpt), "-a", "sample_models.digits_cnn.model:build", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert text.count("#") >= 5, "the starter plan should be commented"
@@ -125,16 +145,28 @@ def test_init_writes_a_plan_that_validates(tmp_path):
 
 
 def test_inspect_checkpoint_with_input():
-    result = compress("inspect", str(SAMPLES / "digits_mlp" / "model.safetensors"), "-a",
-                      "sample_models.digits_mlp.model:build", "--input", "x=1x64")
+    result = compress(
+        "inspect",
+        str(SAMPLES / "digits_mlp" / "model.safetensors"),
+        "-a",
+        "sample_models.digits_mlp.model:build",
+        "--input",
+        "x=1x64",
+    )
     assert result.returncode == 0, result.stderr
     assert "features.0" in result.stdout and "Linear" in result.stdout
     assert "MACs: 84.48k" in result.stdout  # 64*256 + 256*256 + 256*10
 
 
 def test_inspect_bad_input_flag():
-    result = compress("inspect", str(SAMPLES / "digits_mlp" / "model.safetensors"), "-a",
-                      "sample_models.digits_mlp.model:build", "--input", "x=banana")
+    result = compress(
+        "inspect",
+        str(SAMPLES / "digits_mlp" / "model.safetensors"),
+        "-a",
+        "sample_models.digits_mlp.model:build",
+        "--input",
+        "x=banana",
+    )
     assert result.returncode == 2 and "NAME=SHAPE" in result.stderr
     assert_no_traceback(result)
 
