@@ -19,6 +19,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -134,6 +137,28 @@ def main() -> None:
     with Phase("export_safetensors_onnx"):
         artifacts = export_model(model, ctx, out, manifest)
 
+    # The same plan through the real CLI, in a child process: end-to-end peak memory.
+    start = time.perf_counter()
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "run",
+            str(plan_path),
+            "--out",
+            str(work / "cli"),
+            "--no-bench",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    cli_seconds = time.perf_counter() - start
+    cli_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if child.returncode != 0:
+        print(child.stdout[-2000:], child.stderr[-2000:])
+
     results = Phase.results
     prune_s = results["prune_with_graph"]["seconds"]
     prune_peak = results["prune_with_graph"]["peak_rss_mb"]
@@ -154,6 +179,11 @@ def main() -> None:
         if isinstance(v, dict) and "size_bytes" in v
     }
     print(f"artifacts: {sizes}")
+    print(
+        f"compress run (prune + export, no bench) in a child process: {cli_seconds:.1f} s, "
+        f"peak RSS {cli_peak_mb:.0f} MB = {cli_peak_mb / fp32_mb:.2f}x float32 bytes "
+        f"(exit {child.returncode})"
+    )
     print(
         f"pruning (graph analysis included): {prune_s:.1f} s (target < 60 s); peak RSS "
         f"{prune_peak:.0f} MB = {prune_peak / fp32_mb:.2f}x the model's float32 bytes "
@@ -176,6 +206,10 @@ def main() -> None:
                 ),
                 "artifact_bytes": sizes,
                 "exporter": args.exporter,
+                "cli_run_seconds": round(cli_seconds, 1),
+                "cli_run_peak_rss_mb": round(cli_peak_mb, 1),
+                "cli_run_peak_over_fp32": round(cli_peak_mb / fp32_mb, 3),
+                "cli_exit": child.returncode,
             }
         )
     )

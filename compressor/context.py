@@ -104,7 +104,11 @@ class RunContext:
     data: DataBundle
     console: Console = field(default_factory=Console)
     quiet: bool = False
-    original: nn.Module | None = None  # the model before any stage (frozen, eval mode)
+    # The model before any stage (frozen, eval mode). Memory-lean: not copied up front but
+    # loaded again from the checkpoint the first time a teacher, a fidelity metric, aligned
+    # regularisation or the benchmark needs it (see ``original``).
+    original_loader: Callable[[], nn.Module] | None = None
+    _original: nn.Module | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # structural edits
     stage_reports: list[dict[str, Any]] = field(default_factory=list)
     stage_report: dict[str, Any] = field(default_factory=dict)  # the current stage's details
@@ -115,6 +119,19 @@ class RunContext:
     _teacher: nn.Module | None = None
     _teacher_loaded: bool = False
     _teacher_eval: list[torch.Tensor] | None = None
+
+    # ------------------------------------------------------------ the original
+
+    @property
+    def original(self) -> nn.Module | None:
+        """The model as loaded, before any stage: frozen, in eval mode, on the run's device."""
+        if self._original is None and self.original_loader is not None:
+            self._original = self.original_loader().to(self.device).eval().requires_grad_(False)
+        return self._original
+
+    @original.setter
+    def original(self, model: nn.Module | None) -> None:
+        self._original = model
 
     # ------------------------------------------------------------ model facts
 

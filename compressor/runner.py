@@ -490,7 +490,13 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
     # Refuse an impossible export now, not after an hour of training.
     export_mod.check_formats(ctx, plan.export.formats)
     model = loaded.model.to(device)
-    ctx.original = ctx.frozen_copy(model)
+
+    def load_original() -> torch.nn.Module:
+        # Loaded again (safetensors are memory-mapped) instead of copied now: a plan whose
+        # stages need no teacher never holds two copies of the weights during its stages.
+        return load_model(plan.model, loaded_plan.base_dir, safe=plan.safe).model
+
+    ctx.original_loader = load_original
     ctx.history = list(loaded.history)
     example = (
         {k: v.to(device) for k, v in ctx.example_inputs().items()}
@@ -516,7 +522,7 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
     before = snapshot(model)
 
     original_facts = model_facts(model, example) if example is not None else {}
-    metric_before = ctx.evaluate(ctx.original)
+    metric_before = ctx.evaluate(model)  # no stage has run yet: this is the original
     if metric_before is not None:
         ctx.log(f"original {ctx.metric().name}: {metric_before:.4f}")
 
