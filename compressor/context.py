@@ -114,6 +114,7 @@ class RunContext:
     stage_report: dict[str, Any] = field(default_factory=dict)  # the current stage's details
     notes: list[str] = field(default_factory=list)
     stage_index: int = 0
+    run_dir: Path | None = None  # <out>/.run: stage checkpoints, teacher caches
     stage_name: str = ""
     distributed: Any = None  # compressor.distributed.DistState when under torchrun
     _teacher: nn.Module | None = None

@@ -497,6 +497,7 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
         return load_model(plan.model, loaded_plan.base_dir, safe=plan.safe).model
 
     ctx.original_loader = load_original
+    ctx.run_dir = out / ".run"
     ctx.history = list(loaded.history)
     example = (
         {k: v.to(device) for k, v in ctx.example_inputs().items()}

@@ -20,9 +20,9 @@ import torch.nn as nn
 from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from compressor.config_base import EXAMPLE_INPUTS, LABELS, TRAIN_DATA, StageConfig
 from compressor.data import Batch
 from compressor.errors import StageError
-from compressor.stages.registry import EXAMPLE_INPUTS, LABELS, TRAIN_DATA, StageConfig
 
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 
@@ -30,7 +30,9 @@ LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 class TrainingOptions(StageConfig):
     """Options shared by every stage that trains."""
 
-    epochs: float = Field(1.0, ge=0, description="Passes over the training data (may be fractional).")
+    epochs: float = Field(
+        1.0, ge=0, description="Passes over the training data (may be fractional)."
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -109,11 +111,14 @@ def autocast_context(device: torch.device, precision: str):
 def task_loss(output: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """Cross-entropy for class labels, mean squared error for real-valued targets."""
     if target is None:
-        raise StageError("this stage needs labelled training data, and the batch has no labels",
-                         hint="use labelled data.train, or the distill stage (no labels needed)")
+        raise StageError(
+            "this stage needs labelled training data, and the batch has no labels",
+            hint="use labelled data.train, or the distill stage (no labels needed)",
+        )
     if not target.is_floating_point():
-        return torch.nn.functional.cross_entropy(output.float().reshape(-1, output.shape[-1]),
-                                                 target.reshape(-1))
+        return torch.nn.functional.cross_entropy(
+            output.float().reshape(-1, output.shape[-1]), target.reshape(-1)
+        )
     return torch.nn.functional.mse_loss(output.float(), target.float().reshape(output.shape))
 
 
@@ -176,8 +181,10 @@ def train(
     except TypeError:
         batches_per_epoch = 0
     if batches_per_epoch == 0 and opts.max_steps is None:
-        raise StageError("the training data is empty (or its length is unknown)",
-                         hint="check data.train, or set max_steps")
+        raise StageError(
+            "the training data is empty (or its length is unknown)",
+            hint="check data.train, or set max_steps",
+        )
     planned = math.ceil(opts.epochs * batches_per_epoch) if batches_per_epoch else 0
     total_steps = min(planned, opts.max_steps) if opts.max_steps else planned
     summary = TrainSummary()
@@ -199,9 +206,12 @@ def train(
 
     optimizer = build_optimizer()
     trained = wrap(model)
-    scaler = torch.amp.GradScaler(device.type) if (
-        opts.precision == "fp16" and device.type == "cuda") else None
-    higher_better = (ctx.metric().higher_is_better if ctx.metric() else True)
+    scaler = (
+        torch.amp.GradScaler(device.type)
+        if (opts.precision == "fp16" and device.type == "cuda")
+        else None
+    )
+    higher_better = ctx.metric().higher_is_better if ctx.metric() else True
     best_metric: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
     last_good = _state_copy(model)
@@ -213,10 +223,16 @@ def train(
 
     show = ctx.is_main_process and not ctx.quiet
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("metric {task.fields[metric]}"),
-        TextColumn("{task.fields[speed]} ex/s"), TimeElapsedColumn(),
-        console=ctx.console, disable=not show, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("metric {task.fields[metric]}"),
+        TextColumn("{task.fields[speed]} ex/s"),
+        TimeElapsedColumn(),
+        console=ctx.console,
+        disable=not show,
+        transient=False,
     )
 
     def evaluate_now(epoch_done: float) -> bool:
@@ -232,7 +248,9 @@ def train(
             return True
         metric_text = f"{value:.4f}"
         summary.evals.append({"step": step, "epoch": round(epoch_done, 3), "metric": value})
-        improved = best_metric is None or (value > best_metric if higher_better else value < best_metric)
+        improved = best_metric is None or (
+            value > best_metric if higher_better else value < best_metric
+        )
         if improved:
             best_metric, evals_without_gain = value, 0
             if opts.keep_best:
@@ -260,7 +278,9 @@ def train(
             for batch in loader:
                 batch = batch.to(device)
                 for group in optimizer.param_groups:
-                    group["lr"] = opts.lr * lr_factor(step, total_steps, warmup_steps, opts.schedule)
+                    group["lr"] = opts.lr * lr_factor(
+                        step, total_steps, warmup_steps, opts.schedule
+                    )
                 with autocast_context(device, opts.precision):
                     loss, _logs = loss_fn(trained, batch)
                 if not torch.isfinite(loss):
@@ -299,8 +319,13 @@ def train(
                     best_state, best_metric = None, None  # old shapes no longer apply
                     last_good = _state_copy(model)
                 elapsed = time.perf_counter() - start
-                progress.update(task, advance=1, loss=f"{running_loss:.4f}", metric=metric_text,
-                                speed=f"{summary.examples / max(elapsed, 1e-9):.0f}")
+                progress.update(
+                    task,
+                    advance=1,
+                    loss=f"{running_loss:.4f}",
+                    metric=metric_text,
+                    speed=f"{summary.examples / max(elapsed, 1e-9):.0f}",
+                )
                 if step >= total_steps:
                     break
             epoch += 1

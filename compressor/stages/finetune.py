@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from compressor.modeling import call_model, primary_output
+from compressor.regularization import AlignedConfig, AlignedRegularizer
 from compressor.stages.registry import register_stage
 from compressor.training import TrainingOptions, task_loss, train
 
@@ -13,14 +14,26 @@ class FinetuneConfig(TrainingOptions):
     few_shot: int | None = Field(
         None, ge=1, description="Train on only this many labelled examples per class."
     )
+    aligned: AlignedConfig | None = Field(
+        None, description="Keep kept units close to their pretrained weights (value, direction)."
+    )
 
 
 @register_stage("finetune", FinetuneConfig, "Fine-tune on labelled training data.")
 def apply(model, cfg: FinetuneConfig, ctx):
     loader = ctx.train_loader(batch_size=cfg.batch_size, few_shot=cfg.few_shot)
 
+    regularizer = None
+    if cfg.aligned is not None:
+        regularizer = AlignedRegularizer.from_context(cfg.aligned, ctx)
+        ctx.stage_report["aligned"] = regularizer.attach(model)
+
     def loss_fn(m, batch):
-        return task_loss(primary_output(call_model(m, batch.inputs)), batch.target), {}
+        loss = task_loss(primary_output(call_model(m, batch.inputs)), batch.target)
+        if regularizer is None:
+            return loss, {}
+        reg, logs = regularizer(m)
+        return loss + reg, logs
 
     summary = train(model, cfg, ctx, loss_fn, loader=loader, description="finetune")
     ctx.stage_report["training"] = summary.to_dict()

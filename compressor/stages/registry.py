@@ -11,30 +11,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from compressor.config_base import StrictModel
+from compressor.config_base import (  # noqa: F401  (re-exported: stages import them here)
+    CALIBRATION_DATA,
+    EVAL_DATA,
+    EXAMPLE_INPUTS,
+    LABELS,
+    REQUIREMENTS,
+    TEACHER,
+    TRAIN_DATA,
+    StageConfig,
+)
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from compressor.context import RunContext
-
-# What a stage can need from the plan, checked before any weights load.
-TRAIN_DATA = "train_data"  # data.train
-LABELS = "labels"  # labelled training data (data.train with targets)
-CALIBRATION_DATA = "calibration_data"  # data.calibration or data.train
-EVAL_DATA = "eval_data"  # data.eval
-TEACHER = "teacher"  # a teacher model (teacher: original or a checkpoint)
-EXAMPLE_INPUTS = "example_inputs"  # model.inputs (or an HF model that implies them)
-REQUIREMENTS = (TRAIN_DATA, LABELS, CALIBRATION_DATA, EVAL_DATA, TEACHER, EXAMPLE_INPUTS)
-
-
-class StageConfig(StrictModel):
-    """Base of every stage's config. Subclasses say what they need from the plan."""
-
-    def requirements(self) -> set[str]:
-        """The plan parts this stage needs (see the constants above)."""
-        return {EXAMPLE_INPUTS}
-
 
 ApplyFn = Callable[["nn.Module", Any, "RunContext"], "nn.Module"]
 
