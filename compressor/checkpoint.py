@@ -310,6 +310,13 @@ def example_inputs(
 
 
 def resolve_path(path: str | Path, base_dir: Path | None) -> Path:
+    """A plan's file or folder reference as a path: relative to the plan's folder, or
+    ``package:NAME/SUB`` for a folder inside an installed Python package (found without
+    importing it; see :func:`compressor.hf.resolve_package_path`)."""
+    if str(path).startswith("package:"):
+        from compressor.hf import resolve_package_path
+
+        return resolve_package_path(str(path))
     p = Path(path).expanduser()
     return p if p.is_absolute() or base_dir is None else base_dir / p
 

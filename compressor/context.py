@@ -32,14 +32,25 @@ from compressor.modeling import call_model, primary_output
 class DataBundle:
     """The plan's data sources, loaded lazily and cached."""
 
-    def __init__(self, plan: Any, base_dir: Path, input_specs: dict[str, Any],
-                 tokenizer: Callable | None = None):
+    def __init__(
+        self,
+        plan: Any,
+        base_dir: Path,
+        input_specs: dict[str, Any],
+        tokenizer: Callable | None = None,
+    ):
         self.spec = plan.data
         self.base_dir = base_dir
         self.safe = plan.safe
         self.layout = InputLayout.from_specs(input_specs)
         self.tokenizer = tokenizer
         self._cache: dict[str, Any] = {}
+
+    def set_tokenizer(self, tokenizer: Callable | None) -> None:
+        """Tokenise text with ``tokenizer`` from now on (after vocabulary pruning changed the
+        ids); datasets already loaded are dropped so they are tokenised again."""
+        self.tokenizer = tokenizer
+        self._cache.clear()
 
     def has(self, split: str) -> bool:
         if split == "calibration":
@@ -56,7 +67,10 @@ class DataBundle:
                 raise DataError(f"the plan has no data.{split}", hint=f"set data.{split}")
             ref = parse_source(text, self.base_dir)
             self._cache[split] = load_source(
-                ref, self.layout, safe=self.safe, tokenizer=self.tokenizer,
+                ref,
+                self.layout,
+                safe=self.safe,
+                tokenizer=self.tokenizer,
                 label_names=self.spec.label_names,
             )
         return self._cache[split]
@@ -72,16 +86,28 @@ class DataBundle:
                 return batch.target is not None
         return False
 
-    def loader(self, split: str, *, batch_size: int | None = None, shuffle: bool = False,
-               seed: int = 0, few_shot: int | None = None, sampler_fn: Callable | None = None):
+    def loader(
+        self,
+        split: str,
+        *,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        few_shot: int | None = None,
+        sampler_fn: Callable | None = None,
+    ):
         ds = self.dataset(split)
         if few_shot is not None:
             ds = few_shot_subset(ds, few_shot, seed)
-        size = batch_size or (self.spec.eval_batch_size if split == "eval" else None) or \
-            self.spec.batch_size
+        size = (
+            batch_size
+            or (self.spec.eval_batch_size if split == "eval" else None)
+            or self.spec.batch_size
+        )
         sampler = sampler_fn(ds) if sampler_fn is not None else None
-        return make_loader(ds, size, shuffle=shuffle, seed=seed,
-                           num_workers=self.spec.num_workers, sampler=sampler)
+        return make_loader(
+            ds, size, shuffle=shuffle, seed=seed, num_workers=self.spec.num_workers, sampler=sampler
+        )
 
     def first_batch(self, split: str, batch_size: int) -> Batch:
         ds = self.dataset(split)
@@ -193,8 +219,14 @@ class RunContext:
             return get_metric(self.plan.data.metric)
         return get_metric("accuracy" if self.data.has_labels("eval") else "cosine")
 
-    def train_loader(self, *, batch_size: int | None = None, few_shot: int | None = None,
-                     seed: int | None = None, split: str = "train"):
+    def train_loader(
+        self,
+        *,
+        batch_size: int | None = None,
+        few_shot: int | None = None,
+        seed: int | None = None,
+        split: str = "train",
+    ):
         """Shuffled training batches; under torchrun each rank gets its own shard."""
         seed = self.stage_seed() if seed is None else seed
         sampler_fn = None
@@ -204,10 +236,18 @@ class RunContext:
             state = self.distributed
 
             def sampler_fn(ds):
-                return DistributedSampler(ds, num_replicas=state.world_size, rank=state.rank,
-                                          shuffle=True, seed=seed)
-        return self.data.loader(split, batch_size=batch_size, shuffle=True, seed=seed,
-                                few_shot=few_shot, sampler_fn=sampler_fn)
+                return DistributedSampler(
+                    ds, num_replicas=state.world_size, rank=state.rank, shuffle=True, seed=seed
+                )
+
+        return self.data.loader(
+            split,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=seed,
+            few_shot=few_shot,
+            sampler_fn=sampler_fn,
+        )
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's value on every rank (decisions such as which units to prune)."""
@@ -257,11 +297,13 @@ class RunContext:
         if metric.needs_teacher:
             teacher = self.teacher()
             if teacher is None:
-                raise StageError(f"metric {metric.name!r} needs a teacher",
-                                 hint="set teacher: original")
+                raise StageError(
+                    f"metric {metric.name!r} needs a teacher", hint="set teacher: original"
+                )
             if self._teacher_eval is None or max_batches is not None:
-                cached = [primary_output(call_model(teacher, b.inputs)).float().cpu()
-                          for b in inputs_seen]
+                cached = [
+                    primary_output(call_model(teacher, b.inputs)).float().cpu() for b in inputs_seen
+                ]
                 if max_batches is None:
                     self._teacher_eval = cached
                 teacher_outputs = cached

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from compressor.errors import DataError
 from compressor.modeling import TORCH_DTYPES
+from compressor.text_data import TEXT_BUILTINS
 
 LABEL_KEYS = ("labels", "label", "target", "targets", "y")
 TENSOR_SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
@@ -327,6 +328,7 @@ def _digits(options: Mapping[str, str], layout: InputLayout) -> NamedTensorDatas
 
 BUILTINS: dict[str, Callable[[Mapping[str, str], InputLayout], NamedTensorDataset]] = {
     "digits": _digits,
+    **TEXT_BUILTINS,  # builtin:pydoc, builtin:docstrings (compressor.text_data)
 }
 
 
@@ -462,7 +464,10 @@ def load_source(
 ) -> Dataset | _NormalizedLoader:
     """Load one data source as a Dataset of ``(inputs, target)`` (or an adapted DataLoader)."""
     if ref.kind == "builtin":
-        return BUILTINS[ref.target](ref.options, layout)
+        builtin = BUILTINS[ref.target]
+        if getattr(builtin, "needs_tokenizer", False):  # text: tokenised like the model's input
+            return builtin(ref.options, layout, tokenizer)
+        return builtin(ref.options, layout)
     if ref.kind in ("tensors", "text"):
         path = Path(ref.target)
         if not path.is_file():

@@ -28,6 +28,7 @@ import torch.nn as nn
 from compressor.errors import CheckpointError, DataError, ExportError, PlanError
 
 SAFETENSORS_NAME = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"  # the rewritten tokenizer, after vocabulary pruning
 ONNX_NAME = "model.onnx"
 OPTIMIZED_NAME = "model.optimized.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -87,6 +88,9 @@ def export_model(model: nn.Module, ctx: Any, out: Path, manifest: list) -> dict[
             artifacts.update(export_onnx_artifacts(model, ctx, out))
         if "hf" in formats:
             artifacts["hf"] = _export_hf(model, ctx, out / "hf")
+        tokenizer = export_rewritten_tokenizer(model, out / TOKENIZER_DIR)
+        if tokenizer is not None:
+            artifacts["tokenizer"] = tokenizer
     except BaseException:
         # A failed export leaves no artifact of this run behind, not a partial set.
         for art in artifacts.values():
@@ -98,6 +102,22 @@ def export_model(model: nn.Module, ctx: Any, out: Path, manifest: list) -> dict[
                 path.with_name(path.name + ".data").unlink(missing_ok=True)
         raise
     return artifacts
+
+
+def export_rewritten_tokenizer(model: nn.Module, folder: Path) -> dict[str, Any] | None:
+    """After vocabulary pruning the exported model reads NEW token ids: write the rewritten
+    tokenizer beside it (``tokenizer/``), since the original's tokenizer would feed it ids it
+    no longer has. None when the vocabulary is unchanged."""
+    if not getattr(model, "tokenizer_json", None):
+        return None
+    from compressor.hf import write_tokenizer_files
+
+    files = write_tokenizer_files(model, folder)
+    return {
+        "path": str(folder),
+        "size_bytes": sum((folder / name).stat().st_size for name in files),
+        "files": files,
+    }
 
 
 def export_safetensors(model: nn.Module, ctx: Any, path: Path, manifest: list) -> dict[str, Any]:

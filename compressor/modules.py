@@ -216,3 +216,49 @@ register_rebuildable(
                             vdim=c["vdim"], bias=c["bias"], dropout=c["dropout"],
                             batch_first=c["batch_first"]),
 )
+
+
+# ------------------------------------------------------------------ low-rank token embeddings
+
+
+class FactorizedEmbedding(nn.Module):
+    """A token embedding table stored as a low-rank product ``E ≈ codes @ basis``.
+
+    ``codes`` is ``(num_embeddings, rank)``, ``basis`` is ``(rank, embedding_dim)``: a lookup
+    gathers rows of ``codes`` and multiplies them by ``basis``, so the model's hidden size and
+    every consumer of the embeddings stay as they were. Made by
+    ``compressor.embeddings.factorize_embedding``.
+    """
+
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, rank: int, padding_idx: int | None = None
+    ):
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.rank = rank
+        # Kept for code that reads it (transformers does); padding rows are ordinary rows here.
+        self.padding_idx = padding_idx
+        self.codes = nn.Parameter(torch.zeros(num_embeddings, rank))
+        self.basis = nn.Parameter(torch.zeros(rank, embedding_dim))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full table the factors stand for (computed; for code that reads ``.weight``)."""
+        return self.codes @ self.basis
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.codes) @ self.basis
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"
+
+
+register_rebuildable(
+    "compress.FactorizedEmbedding",
+    FactorizedEmbedding,
+    _attrs("num_embeddings", "embedding_dim", "rank", "padding_idx"),
+    lambda c: FactorizedEmbedding(
+        c["num_embeddings"], c["embedding_dim"], c["rank"], padding_idx=c.get("padding_idx")
+    ),
+)

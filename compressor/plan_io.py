@@ -484,6 +484,9 @@ def load_plan(
 
 def _raw_file_checks(data: dict, smap: SourceMap, base: Path) -> list[str]:
     """File checks on the raw plan, so a schema error does not hide a missing file."""
+    from compressor.checkpoint import resolve_path
+    from compressor.errors import CompressError
+
     problems = []
     for section in ("model", "teacher"):
         spec = data.get(section)
@@ -492,9 +495,13 @@ def _raw_file_checks(data: dict, smap: SourceMap, base: Path) -> list[str]:
         for key in ("checkpoint", "hf"):
             value = spec.get(key)
             if isinstance(value, str):
-                path = Path(value) if Path(value).is_absolute() else base / value
+                loc = (section, key)
+                try:
+                    path = resolve_path(value, base)
+                except CompressError as e:  # package:NAME that is not installed
+                    problems.append(f"{smap.where(loc)}: {_dotted(loc)}: {e.message}; {e.hint}")
+                    continue
                 if not path.exists():
-                    loc = (section, key)
                     problems.append(f"{smap.where(loc)}: {_dotted(loc)}: {path} does not exist")
     return problems
 
@@ -536,7 +543,11 @@ def check_plan(
                     "give the PyTorch checkpoint",
                 )
         if spec.hf is not None:
-            path = resolve_path(spec.hf, base)
+            try:
+                path = resolve_path(spec.hf, base)
+            except CompressError as e:
+                add((*loc, "hf"), f"{e.message}; {e.hint}" if e.hint else e.message)
+                return
             if check_files and not (path / "config.json").is_file():
                 add((*loc, "hf"), f"{path} is not a Hugging Face model folder (no config.json)")
 
@@ -607,6 +618,13 @@ def check_plan(
             add(loc, f"the {name} stage needs evaluation data: set data.eval")
         if TEACHER in needs and plan.teacher == "none":
             add(loc, f"the {name} stage needs a teacher: set teacher: original or a checkpoint")
+
+    from compressor.stages.embeddings import order_problems
+
+    for message in order_problems(plan.stage_list()):
+        add(("stages",), message)
+    if plan.model.hf is None and any(name == "embeddings" for name, _ in plan.stage_list()):
+        add(("stages",), "the embeddings stage needs a Hugging Face text model: set model.hf")
 
     gates = plan.gates
     if (

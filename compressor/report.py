@@ -419,6 +419,8 @@ def _artifact_details(kind: str, art: dict[str, Any]) -> str:
             f"{art.get('manifest_ops', 0)} manifest ops; "
             f"{len(art.get('tied_aliases') or {})} tied aliases stored once"
         )
+    if kind == "tokenizer":
+        return "the rewritten tokenizer (new token ids): " + ", ".join(art.get("files") or [])
     return ""
 
 

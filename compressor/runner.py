@@ -499,11 +499,15 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
     ctx.original_loader = load_original
     ctx.run_dir = out / ".run"
     ctx.history = list(loaded.history)
-    example = (
-        {k: v.to(device) for k, v in ctx.example_inputs().items()}
-        if (loaded.input_specs or data.has("eval"))
-        else None
-    )
+
+    def current_example() -> dict[str, torch.Tensor] | None:
+        # Asked again after every stage: vocabulary pruning changes the token ids the model
+        # reads (the data is re-tokenised), so an example taken earlier would be out of range.
+        if not (loaded.input_specs or data.has("eval")):
+            return None
+        return {k: v.to(device) for k, v in ctx.example_inputs().items()}
+
+    example = current_example()
 
     names = [name for name, _ in plan.stage_list()]
     state = RunState(out / ".run", plan_fingerprint(plan, loaded_plan.base_dir))
@@ -544,6 +548,11 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
             ) from None
         model = restored.model.to(device)
         manifest, ctx.history, before = restored.manifest, restored.history, snapshot(model)
+        # A finished stage that pruned the vocabulary left a model that reads new token ids.
+        from compressor.hf import adopt_model_tokenizer
+
+        adopt_model_tokenizer(ctx, model)
+        example = current_example()
         for index in range(restore):
             ctx.stage_reports.append(state.done(index)["report"])
         ctx.log(f"[dim]resumed: stage(s) 0-{last} finished earlier, loaded from {state.dir}[/]")
@@ -559,6 +568,7 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
         torch.manual_seed(ctx.stage_seed())
         model = stage.apply(model, cfg, ctx)
         seconds = time.perf_counter() - t0
+        example = current_example()
         stage_report = {
             "index": index,
             "name": name,
@@ -688,8 +698,11 @@ def remove_leftovers(out: Path) -> list[Path]:
 def remove_previous_artifacts(out: Path) -> None:
     """Delete an earlier run's final files from ``out`` before this run writes its own, so
     the folder never holds one run's model beside another run's report."""
+    import shutil
+
     for name in FINAL_ARTIFACTS:
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tokenizer", ignore_errors=True)  # a rewritten tokenizer (export.py)
 
 
 def _input_dump(loaded) -> dict[str, Any]:
