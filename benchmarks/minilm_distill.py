@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--aligned", type=float, default=None, help="aligned weight")
     parser.add_argument("--train", default=None, help="distillation data source")
+    parser.add_argument("--no-hidden", action="store_true", help="no hidden-state matching")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     stages = preset(args.preset)
@@ -120,6 +121,8 @@ def main() -> None:
             options["aligned"] = {"weight": args.aligned}
         if args.train is not None:
             options["data"] = args.train
+        if args.no_hidden:
+            options.pop("hidden", None)
     print_result({"preset": args.preset, **run(stages, seed=args.seed)})
 
 

@@ -273,15 +273,26 @@ class RunContext:
         return [t for part in all_gather_objects(tensors, self.distributed) for t in part]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, *, max_batches: int | None = None) -> float | None:
+    def evaluate(
+        self,
+        model: nn.Module,
+        *,
+        max_batches: int | None = None,
+        also: dict[str, float] | None = None,
+    ) -> float | None:
         """The plan's metric of ``model`` on the eval data (None without eval data).
 
         Under torchrun the batches are split across ranks and the outputs gathered, so
-        every rank computes the same value over the whole set.
+        every rank computes the same value over the whole set. ``also``, when given, is
+        filled with ``data.also_metrics`` computed from the same outputs.
         """
         metric = self.metric()
         if metric is None:
             return None
+        extra = (
+            [get_metric(name) for name in self.plan.data.also_metrics] if also is not None else []
+        )
+        needs_teacher = metric.needs_teacher or any(m.needs_teacher for m in extra)
         was_training = model.training
         model.eval()
         outputs, targets, inputs_seen = [], [], []
@@ -291,10 +302,10 @@ class RunContext:
             batch = batch.to(self.device)
             outputs.append(primary_output(call_model(model, batch.inputs)).float().cpu())
             targets.append(batch.target.cpu() if batch.target is not None else None)
-            if metric.needs_teacher:
+            if needs_teacher:
                 inputs_seen.append(batch)
         teacher_outputs = None
-        if metric.needs_teacher:
+        if needs_teacher:
             teacher = self.teacher()
             if teacher is None:
                 raise StageError(
@@ -313,6 +324,8 @@ class RunContext:
         outputs, targets = self._gather(outputs), self._gather(targets)
         if teacher_outputs is not None and self.distributed is not None:
             teacher_outputs = self._gather(teacher_outputs)
+        for other in extra:
+            also[other.name] = compute_metric(other, outputs, targets, teacher_outputs)
         return compute_metric(metric, outputs, targets, teacher_outputs)
 
     # ------------------------------------------------------------ output

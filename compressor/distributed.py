@@ -99,6 +99,14 @@ def shutdown() -> None:
 
 def launch(nproc: int, argv: list[str]) -> int:
     """Re-run this ``compress`` command under torchrun with ``nproc`` local processes."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "cli.main", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "cli.main",
+        *argv,
+    ]
     return subprocess.call(command)

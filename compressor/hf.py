@@ -320,11 +320,23 @@ def load_hf_folder(spec: Any, path: Path, *, safe: bool = False) -> LoadedModel:
         raise CheckpointError(f"{path}/config.json cannot be read by transformers ({e})") from None
     pooling, normalize = read_sentence_transformers(path)
     task = spec.task if spec.task != "auto" else _auto_task(config, pooling)
-    cls = _model_class(transformers, config, task)
-    try:
-        model = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-    except Exception as e:
-        raise CheckpointError(f"{path}: transformers could not load the weights ({e})") from None
+    manifest = _compress_manifest(path)
+    if manifest is not None:
+        # A folder compress wrote whose structure plain transformers cannot describe (e.g.
+        # per-layer head counts): rebuilt from its ``compress`` field, and that structure is
+        # carried on as the manifest, so a further run's output replays it too.
+        from compressor.hf_export import from_pretrained
+
+        model = from_pretrained(path)
+    else:
+        cls = _model_class(transformers, config, task)
+        try:
+            model = cls.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        except Exception as e:
+            raise CheckpointError(
+                f"{path}: transformers could not load the weights ({e})"
+            ) from None
+    cls = type(model)
     wrapped = HFModel(model.eval(), task, pooling or "mean", normalize).eval()
     specs = dict(spec.inputs) or default_input_specs(wrapped)
     tokenizer = None
@@ -342,12 +354,30 @@ def load_hf_folder(spec: Any, path: Path, *, safe: bool = False) -> LoadedModel:
         hf_architecture(wrapped),
         specs,
         tokenizer=tokenizer,
+        manifest=manifest or [],
         notes=[
             f"{cls.__name__} ({task}"
             + (f", {pooling} pooling" if task == "embedding" else "")
             + ")"
         ],
     )
+
+
+def _compress_manifest(path: Path) -> list[dict[str, Any]] | None:
+    """The structure ops of a folder written by ``compressor.hf_export`` (named from the
+    :class:`HFModel` wrapper), or None for a folder plain transformers describes."""
+    try:
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    info = data.get("compress") if isinstance(data, dict) else None
+    if not isinstance(info, dict) or not info.get("manifest"):
+        return None
+    return [{**op, "module": _wrapped_name(op.get("module", ""))} for op in info["manifest"]]
+
+
+def _wrapped_name(name: str) -> str:
+    return f"model.{name}" if name else "model"
 
 
 # ------------------------------------------------------------------ the model's tokenizer

@@ -30,10 +30,19 @@ def _module_rows(model: nn.Module) -> list[dict[str, Any]]:
         if not own:
             continue
         weight = getattr(module, "weight", None)
-        shape = "x".join(str(d) for d in weight.shape) if weight is not None and hasattr(
-            weight, "shape") else ""
-        rows.append({"name": name or "(root)", "type": type(module).__name__,
-                     "params": sum(p.numel() for p in own), "shape": shape})
+        shape = (
+            "x".join(str(d) for d in weight.shape)
+            if weight is not None and hasattr(weight, "shape")
+            else ""
+        )
+        rows.append(
+            {
+                "name": name or "(root)",
+                "type": type(module).__name__,
+                "params": sum(p.numel() for p in own),
+                "shape": shape,
+            }
+        )
     return rows
 
 
@@ -53,17 +62,33 @@ def _onnx_info(path: Path) -> dict[str, Any]:
         for d in init.dims:
             n *= d
         total += n
-        rows.append({"name": init.name, "type": "initializer", "params": n,
-                     "shape": "x".join(map(str, init.dims))})
+        rows.append(
+            {
+                "name": init.name,
+                "type": "initializer",
+                "params": n,
+                "shape": "x".join(map(str, init.dims)),
+            }
+        )
     inputs = ", ".join(i.name for i in model.graph.input)
-    return {"path": str(path), "kind": "onnx", "size_bytes": path.stat().st_size,
-            "modules": rows, "params": total, "macs": None, "inputs": inputs,
-            "notes": [f"opset {model.opset_import[0].version if model.opset_import else '?'}, "
-                      f"{len(model.graph.node)} nodes"]}
+    return {
+        "path": str(path),
+        "kind": "onnx",
+        "size_bytes": path.stat().st_size,
+        "modules": rows,
+        "params": total,
+        "macs": None,
+        "inputs": inputs,
+        "notes": [
+            f"opset {model.opset_import[0].version if model.opset_import else '?'}, "
+            f"{len(model.graph.node)} nodes"
+        ],
+    }
 
 
-def inspect_target(target: Path, *, architecture: str | None = None, inputs: list[str],
-                   trust_pickle: bool = False) -> dict[str, Any]:
+def inspect_target(
+    target: Path, *, architecture: str | None = None, inputs: list[str], trust_pickle: bool = False
+) -> dict[str, Any]:
     """Describe ``target``: modules, parameter counts, MACs at the example input, file size."""
     from compressor.checkpoint import example_inputs, load_model
     from compressor.modeling import count_macs, count_params
@@ -92,10 +117,20 @@ def inspect_target(target: Path, *, architecture: str | None = None, inputs: lis
         spec, base = ModelSpec.model_validate(fields), None
     loaded = load_model(spec, base)
     path = loaded.path
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else \
-        path.stat().st_size
-    info: dict[str, Any] = {"path": str(path), "kind": loaded.kind, "size_bytes": size,
-                            "modules": [], "params": None, "macs": None, "notes": loaded.notes}
+    size = (
+        sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
+    info: dict[str, Any] = {
+        "path": str(path),
+        "kind": loaded.kind,
+        "size_bytes": size,
+        "modules": [],
+        "params": None,
+        "macs": None,
+        "notes": loaded.notes,
+    }
     model = loaded.model
     if model is None:
         return info
@@ -103,8 +138,10 @@ def inspect_target(target: Path, *, architecture: str | None = None, inputs: lis
     info["params"] = count_params(model)
     specs = loaded.input_specs
     if specs:
-        specs = {n: s if isinstance(s, InputSpec) else InputSpec.model_validate(s)
-                 for n, s in specs.items()}
+        specs = {
+            n: s if isinstance(s, InputSpec) else InputSpec.model_validate(s)
+            for n, s in specs.items()
+        }
         example = example_inputs(specs)
         info["macs"] = count_macs(model, example)
         info["inputs"] = ", ".join(f"{n}{list(s.shape)}" for n, s in specs.items())

@@ -72,24 +72,38 @@ register_rebuildable("torch.Identity", nn.Identity, lambda m: {}, lambda c: nn.I
 register_rebuildable(
     "torch.Linear",
     nn.Linear,
-    lambda m: {"in_features": m.in_features, "out_features": m.out_features,
-               "bias": m.bias is not None},
+    lambda m: {
+        "in_features": m.in_features,
+        "out_features": m.out_features,
+        "bias": m.bias is not None,
+    },
     lambda c: nn.Linear(c["in_features"], c["out_features"], bias=c["bias"]),
 )
 register_rebuildable(
     "torch.Embedding",
     nn.Embedding,
-    lambda m: {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim,
-               "padding_idx": m.padding_idx},
+    lambda m: {
+        "num_embeddings": m.num_embeddings,
+        "embedding_dim": m.embedding_dim,
+        "padding_idx": m.padding_idx,
+    },
     lambda c: nn.Embedding(c["num_embeddings"], c["embedding_dim"], padding_idx=c["padding_idx"]),
 )
 register_rebuildable(
     "torch.LayerNorm",
     nn.LayerNorm,
-    lambda m: {"normalized_shape": list(m.normalized_shape), "eps": m.eps,
-               "elementwise_affine": m.elementwise_affine, "bias": m.bias is not None},
-    lambda c: nn.LayerNorm(c["normalized_shape"], eps=c["eps"],
-                           elementwise_affine=c["elementwise_affine"], bias=c["bias"]),
+    lambda m: {
+        "normalized_shape": list(m.normalized_shape),
+        "eps": m.eps,
+        "elementwise_affine": m.elementwise_affine,
+        "bias": m.bias is not None,
+    },
+    lambda c: nn.LayerNorm(
+        c["normalized_shape"],
+        eps=c["eps"],
+        elementwise_affine=c["elementwise_affine"],
+        bias=c["bias"],
+    ),
 )
 
 
@@ -112,9 +126,18 @@ class HeadPrunedMHA(nn.Module):
     in_proj_bias = None
     _qkv_same_embed_dim = False
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, kdim: int | None = None,
-                 vdim: int | None = None, bias: bool = True, dropout: float = 0.0,
-                 batch_first: bool = False):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        batch_first: bool = False,
+    ):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -139,8 +162,16 @@ class HeadPrunedMHA(nn.Module):
         if mha.bias_k is not None or mha.add_zero_attn:
             raise ValueError("attention with add_bias_kv or add_zero_attn cannot be converted")
         bias = mha.in_proj_bias is not None
-        new = cls(mha.embed_dim, mha.num_heads, mha.head_dim, kdim=mha.kdim, vdim=mha.vdim,
-                  bias=bias, dropout=mha.dropout, batch_first=mha.batch_first)
+        new = cls(
+            mha.embed_dim,
+            mha.num_heads,
+            mha.head_dim,
+            kdim=mha.kdim,
+            vdim=mha.vdim,
+            bias=bias,
+            dropout=mha.dropout,
+            batch_first=mha.batch_first,
+        )
         if mha._qkv_same_embed_dim:
             weights = mha.in_proj_weight.detach().split(mha.embed_dim, dim=0)
         else:
@@ -158,8 +189,17 @@ class HeadPrunedMHA(nn.Module):
                 new.out_proj.bias.copy_(mha.out_proj.bias)
         return new.train(mha.training)
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
-                attn_mask=None, average_attn_weights=True, is_causal=False):
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
@@ -209,12 +249,26 @@ def _add_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 register_rebuildable(
     "compress.HeadPrunedMHA",
     HeadPrunedMHA,
-    lambda m: {"embed_dim": m.embed_dim, "num_heads": m.num_heads, "head_dim": m.head_dim,
-               "kdim": m.kdim, "vdim": m.vdim, "bias": m.query.bias is not None,
-               "dropout": m.dropout, "batch_first": m.batch_first},
-    lambda c: HeadPrunedMHA(c["embed_dim"], c["num_heads"], c["head_dim"], kdim=c["kdim"],
-                            vdim=c["vdim"], bias=c["bias"], dropout=c["dropout"],
-                            batch_first=c["batch_first"]),
+    lambda m: {
+        "embed_dim": m.embed_dim,
+        "num_heads": m.num_heads,
+        "head_dim": m.head_dim,
+        "kdim": m.kdim,
+        "vdim": m.vdim,
+        "bias": m.query.bias is not None,
+        "dropout": m.dropout,
+        "batch_first": m.batch_first,
+    },
+    lambda c: HeadPrunedMHA(
+        c["embed_dim"],
+        c["num_heads"],
+        c["head_dim"],
+        kdim=c["kdim"],
+        vdim=c["vdim"],
+        bias=c["bias"],
+        dropout=c["dropout"],
+        batch_first=c["batch_first"],
+    ),
 )
 
 

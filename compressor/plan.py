@@ -63,7 +63,9 @@ class InputSpec(StrictModel):
         if self.dynamic is not None:
             bad = [a for a in self.dynamic if not 0 <= a < len(self.shape)]
             if bad:
-                raise ValueError(f"dynamic axes {bad} are outside the shape's {len(self.shape)} axes")
+                raise ValueError(
+                    f"dynamic axes {bad} are outside the shape's {len(self.shape)} axes"
+                )
         return self
 
     def dynamic_axes(self) -> list[int]:
@@ -92,7 +94,8 @@ class ModelSpec(StrictModel):
         "auto", description="For Hugging Face models: what the model's output is."
     )
     tokenizer: str | None = Field(
-        None, description="Tokenizer folder or tokenizer.json for text data (default: the hf folder)."
+        None,
+        description="Tokenizer folder or tokenizer.json for text data (default: the hf folder).",
     )
     state_dict_key: str | None = Field(
         None, description="Key of the state dict inside a training checkpoint (found if omitted)."
@@ -128,6 +131,11 @@ class DataSpec(StrictModel):
     eval_batch_size: PositiveInt | None = None
     metric: Literal[METRICS] | None = Field(  # type: ignore[valid-type]
         None, description="Default: accuracy with labels, cosine (to the teacher) without."
+    )
+    also_metrics: list[Literal[METRICS]] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        description="More metrics to report before and after (e.g. [spearman] beside cosine), "
+        "computed from the same evaluation outputs; gates use `metric`.",
     )
     label_names: list[str] | None = Field(
         None, description="Class names in index order, when text data labels are strings."
@@ -175,7 +183,9 @@ class BenchSpec(StrictModel):
     iterations: PositiveInt = Field(10, description="Timed calls per model per round.")
     threads: PositiveInt | None = Field(None, description="Default: the machine's physical cores.")
     budget_s: float | None = Field(
-        30.0, gt=0, description="Seconds per runtime/device/shape: when calls are slow, fewer "
+        30.0,
+        gt=0,
+        description="Seconds per runtime/device/shape: when calls are slow, fewer "
         "timed calls per round (at least one; the report shows how many were taken).",
     )
     memory: bool = Field(
@@ -236,7 +246,7 @@ def _build_stage_union() -> Any:
         members.append(Annotated[entry, Tag(name)])
     names = ", ".join(stage_defs())
     union = Annotated[
-        Union[tuple(members)],  # noqa: UP007  (a runtime-built union)
+        Union[tuple(members)],
         Discriminator(
             _stage_tag,
             custom_error_type="invalid_stage",

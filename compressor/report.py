@@ -337,7 +337,11 @@ def headline(report: dict[str, Any]) -> list[str]:
         out.append(f"size {r['size']:.2f}x ({r['size_basis']})")
     m = report.get("metric")
     if m:
-        out.append(f"{m['name']} {m['before']:.4f} -> {m['after']:.4f} (drop {m['drop']:+.4f})")
+        text = f"{m['name']} {m['before']:.4f} -> {m['after']:.4f} (drop {m['drop']:+.4f})"
+        for name, values in (m.get("also") or {}).items():
+            if values.get("before") is not None and values.get("after") is not None:
+                text += f"; {name} {values['before']:.4f} -> {values['after']:.4f}"
+        out.append(text)
     onnx = report.get("onnx")
     if onnx and report.get("onnx_max_abs_diff") is not None:
         why = f"; fallback: {onnx['fallback_reason']}" if onnx.get("fallback_reason") else ""

@@ -527,7 +527,8 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
     before = snapshot(model)
 
     original_facts = model_facts(model, example) if example is not None else {}
-    metric_before = ctx.evaluate(model)  # no stage has run yet: this is the original
+    also_before: dict[str, float] = {}
+    metric_before = ctx.evaluate(model, also=also_before)  # no stage has run: the original
     if metric_before is not None:
         ctx.log(f"original {ctx.metric().name}: {metric_before:.4f}")
 
@@ -619,17 +620,23 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
     measured = None
     if plan.bench.enabled and not skip_bench:
         measured = bench_mod.bench_run(ctx, ctx.original, model, artifacts, out)
+    also_after: dict[str, float] = {}
     report = report_mod.build_report(
         ctx,
         original_facts=original_facts,
         compressed_facts=model_facts(model, example) if example is not None else {},
         metric_before=metric_before,
-        metric_after=ctx.evaluate(model),
+        metric_after=ctx.evaluate(model, also=also_after),
         artifacts=artifacts,
         bench=measured,
         seconds=time.perf_counter() - started,
     )
     report["run"] = run_environment(device, dist)
+    if also_after and report.get("metric"):
+        report["metric"]["also"] = {
+            name: {"before": also_before.get(name), "after": value}
+            for name, value in also_after.items()
+        }
     failures = report_mod.check_gates(report, plan.gates, extra_gates)
     report["gates"]["failed"] = failures
     if restore:

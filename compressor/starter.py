@@ -16,7 +16,8 @@ def _guess_inputs(model: nn.Module) -> tuple[str, str]:
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             return (
-                f"input_ids: {{shape: [1, 128], dtype: int64, low: 0, high: {module.num_embeddings}}}",
+                "input_ids: {shape: [1, 128], dtype: int64, low: 0, "
+                f"high: {module.num_embeddings}}}",
                 "token ids; set the sequence length you deploy with",
             )
         if isinstance(module, nn.Conv2d):
@@ -30,8 +31,10 @@ def _guess_inputs(model: nn.Module) -> tuple[str, str]:
                 "guessed from the first conv: set your real length",
             )
         if isinstance(module, nn.Linear):
-            return (f"x: {{shape: [1, {module.in_features}], dtype: float32}}",
-                    "guessed from the first linear layer")
+            return (
+                f"x: {{shape: [1, {module.in_features}], dtype: float32}}",
+                "guessed from the first linear layer",
+            )
     return "x: {shape: [1, 3, 224, 224], dtype: float32}", "set the real input name and shape"
 
 
@@ -43,8 +46,10 @@ def starter_plan(checkpoint: Path, architecture: str | None, plan_dir: Path) -> 
     is_hf = checkpoint.is_dir()
     if is_hf and not (checkpoint / "config.json").is_file():
         raise CheckpointError(f"{checkpoint} is a folder but not a Hugging Face model folder")
-    inputs_line, inputs_comment = "x: {shape: [1, 3, 224, 224], dtype: float32}", (
-        "set the real input name and shape")
+    inputs_line, inputs_comment = (
+        "x: {shape: [1, 3, 224, 224], dtype: float32}",
+        ("set the real input name and shape"),
+    )
     if architecture and not is_hf:
         from compressor.architecture import ArchitectureRef
 
@@ -58,8 +63,10 @@ def starter_plan(checkpoint: Path, architecture: str | None, plan_dir: Path) -> 
         "model:",
     ]
     if is_hf:
-        lines += [f"  hf: {rel}                     # Hugging Face folder, loaded offline",
-                  "  task: auto                    # embedding | classification | base"]
+        lines += [
+            f"  hf: {rel}                     # Hugging Face folder, loaded offline",
+            "  task: auto                    # embedding | classification | base",
+        ]
     else:
         lines += [f"  checkpoint: {rel}"]
         if architecture:

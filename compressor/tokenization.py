@@ -25,8 +25,9 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenize:
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise CheckpointError("text data needs the tokenizers package",
-                              hint="pip install 'compress[hf]'") from None
+        raise CheckpointError(
+            "text data needs the tokenizers package", hint="pip install 'compress[hf]'"
+        ) from None
     try:
         tok = Tokenizer.from_file(str(file))
     except Exception as e:

@@ -19,8 +19,12 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    return (torch.from_numpy(xtr), torch.from_numpy(ytr).long(),
-            torch.from_numpy(xte), torch.from_numpy(yte).long())
+    return (
+        torch.from_numpy(xtr),
+        torch.from_numpy(ytr).long(),
+        torch.from_numpy(xte),
+        torch.from_numpy(yte).long(),
+    )
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -29,8 +33,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(-1) == y).float().mean().item()
 
 
-def train_digits(model: nn.Module, out: Path, *, shape: tuple[int, ...], epochs: int,
-                 lr: float = 2e-3, seed: int = 0) -> float:
+def train_digits(
+    model: nn.Module,
+    out: Path,
+    *,
+    shape: tuple[int, ...],
+    epochs: int,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> float:
     """Train with Adam + cosine decay, save the state dict as safetensors; returns accuracy."""
     torch.manual_seed(seed)
     xtr, ytr, xte, yte = digits_split()
@@ -54,6 +65,8 @@ def train_digits(model: nn.Module, out: Path, *, shape: tuple[int, ...], epochs:
     acc = accuracy(model, xte, yte)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out))
-    print(f"saved {out} ({out.stat().st_size} bytes), accuracy {acc:.4f}, "
-          f"{time.perf_counter() - start:.1f}s")
+    print(
+        f"saved {out} ({out.stat().st_size} bytes), accuracy {acc:.4f}, "
+        f"{time.perf_counter() - start:.1f}s"
+    )
     return acc

@@ -5,7 +5,6 @@ from pathlib import Path
 import torch
 
 from sample_models.digits_cnn.model import build
-
 from sample_models.digits_common import train_digits
 
 if __name__ == "__main__":

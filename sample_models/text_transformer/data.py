@@ -17,8 +17,16 @@ import torch
 from compressor.data import NamedTensorDataset
 
 HERE = Path(__file__).parent
-TOPICS = ("compound", "specialnames", "types", "string-methods", "debugger", "typesseq",
-          "typesmapping", "formatstrings")
+TOPICS = (
+    "compound",
+    "specialnames",
+    "types",
+    "string-methods",
+    "debugger",
+    "typesseq",
+    "typesmapping",
+    "formatstrings",
+)
 MAX_LEN = 64
 
 

@@ -52,8 +52,16 @@ class Block(nn.Module):
 
 
 class TextClassifier(nn.Module):
-    def __init__(self, vocab_size: int, classes: int, dim: int = 128, depth: int = 2,
-                 num_heads: int = 4, ffn: int = 512, max_len: int = 64):
+    def __init__(
+        self,
+        vocab_size: int,
+        classes: int,
+        dim: int = 128,
+        depth: int = 2,
+        num_heads: int = 4,
+        ffn: int = 512,
+        max_len: int = 64,
+    ):
         super().__init__()
         self.tokens = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.positions = nn.Embedding(max_len, dim)
@@ -73,6 +81,13 @@ class TextClassifier(nn.Module):
         return self.head(pooled)
 
 
-def build(vocab_size: int = 4000, classes: int = 8, dim: int = 128, depth: int = 2,
-          num_heads: int = 4, ffn: int = 512, max_len: int = 64) -> TextClassifier:
+def build(
+    vocab_size: int = 4000,
+    classes: int = 8,
+    dim: int = 128,
+    depth: int = 2,
+    num_heads: int = 4,
+    ffn: int = 512,
+    max_len: int = 64,
+) -> TextClassifier:
     return TextClassifier(vocab_size, classes, dim, depth, num_heads, ffn, max_len)

@@ -61,8 +61,10 @@ def main(epochs: int = 20, seed: int = 0) -> None:
         print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} test accuracy {acc:.4f}")
     out = data.HERE / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
-    print(f"saved {out} ({out.stat().st_size} bytes), {len(train)} train / {len(test)} test "
-          f"paragraphs, {time.perf_counter() - start:.1f}s")
+    print(
+        f"saved {out} ({out.stat().st_size} bytes), {len(train)} train / {len(test)} test "
+        f"paragraphs, {time.perf_counter() - start:.1f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ ARTIFACTS = {"model.safetensors", "model.onnx", "report.json", "report.md", "rep
 
 def shapes(path: Path) -> dict[str, tuple[int, ...]]:
     with safe_open(str(path), "pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f}
 
 
 def run(out: Path, *launcher: str) -> dict:

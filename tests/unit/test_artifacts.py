@@ -18,9 +18,19 @@ from sample_models.digits_mlp.model import build as build_mlp
 from sample_models.text_transformer.model import build as build_text
 
 MLP = ArchitectureRef("factory", "sample_models.digits_mlp.model:build")
-TEXT = ArchitectureRef("factory", "sample_models.text_transformer.model:build",
-                       {"vocab_size": 50, "classes": 3, "dim": 16, "depth": 3, "num_heads": 2,
-                        "ffn": 32, "max_len": 8})
+TEXT = ArchitectureRef(
+    "factory",
+    "sample_models.text_transformer.model:build",
+    {
+        "vocab_size": 50,
+        "classes": 3,
+        "dim": 16,
+        "depth": 3,
+        "num_heads": 2,
+        "ffn": 32,
+        "max_len": 8,
+    },
+)
 
 
 def shrink_linear_pair(first: nn.Linear, second: nn.Linear, keep: torch.Tensor) -> None:
@@ -84,8 +94,9 @@ def build_tied() -> Tied:
 def test_tied_weights_are_stored_once_and_retied(tmp_path):
     model = Tied()
     path = tmp_path / "model.safetensors"
-    saved = save_compressed(model, path, manifest=[],
-                            architecture=ArchitectureRef("factory", f"{__name__}:build_tied"))
+    saved = save_compressed(
+        model, path, manifest=[], architecture=ArchitectureRef("factory", f"{__name__}:build_tied")
+    )
     assert saved.aliases == {"head.weight": "embed.weight"}
     with safe_open(str(path), "pt") as f:
         assert list(f.keys()) == ["embed.weight"]
@@ -125,8 +136,12 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 def test_hostile_architecture_metadata_is_refused(tmp_path):
     model = build_mlp()
     path = tmp_path / "evil.safetensors"
-    save_compressed(model, path, manifest=[],
-                    architecture=ArchitectureRef("factory", "os:system", {"command": "touch x"}))
+    save_compressed(
+        model,
+        path,
+        manifest=[],
+        architecture=ArchitectureRef("factory", "os:system", {"command": "touch x"}),
+    )
     with pytest.raises(CheckpointError, match="not a model factory"):
         load_compressed(path)
 
@@ -134,7 +149,11 @@ def test_hostile_architecture_metadata_is_refused(tmp_path):
 def test_manifest_naming_missing_module_is_a_clear_error(tmp_path):
     model = build_mlp()
     path = tmp_path / "m.safetensors"
-    save_compressed(model, path, architecture=MLP,
-                    manifest=[{"op": "set_attrs", "module": "nope.layer", "attrs": {"x": 1}}])
-    with pytest.raises(CheckpointError, match="names module 'nope.layer'"):
+    save_compressed(
+        model,
+        path,
+        architecture=MLP,
+        manifest=[{"op": "set_attrs", "module": "nope.layer", "attrs": {"x": 1}}],
+    )
+    with pytest.raises(CheckpointError, match=r"names module 'nope\.layer'"):
         load_compressed(path)

@@ -33,8 +33,11 @@ def reference(state):
 
 
 def spec(path, **kw) -> ModelSpec:
-    fields = {"checkpoint": str(path), "architecture": ARCH,
-              "inputs": {"x": {"shape": [1, 1, 8, 8]}}}
+    fields = {
+        "checkpoint": str(path),
+        "architecture": ARCH,
+        "inputs": {"x": {"shape": [1, 1, 8, 8]}},
+    }
     fields.update(kw)
     return ModelSpec.model_validate(fields)
 
@@ -70,8 +73,14 @@ def test_training_checkpoint_found_automatically(tmp_path, state, reference, key
 
 def test_lightning_checkpoint_with_model_prefix(tmp_path, state, reference):
     path = tmp_path / "epoch=3.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()},
-                "pytorch-lightning_version": "2.4.0", "epoch": 3}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in state.items()},
+            "pytorch-lightning_version": "2.4.0",
+            "epoch": 3,
+        },
+        path,
+    )
     assert torch.equal(outputs(load_model(spec(path))), reference)
 
 
@@ -85,7 +94,7 @@ def test_explicit_state_dict_key(tmp_path, state, reference):
     path = tmp_path / "ema.pt"
     torch.save({"ema": {"weights": state}, "step": 10}, path)
     assert torch.equal(outputs(load_model(spec(path, state_dict_key="ema.weights"))), reference)
-    with pytest.raises(CheckpointError, match="has no key 'ema.nope'") as info:
+    with pytest.raises(CheckpointError, match=r"has no key 'ema\.nope'") as info:
         load_model(spec(path, state_dict_key="ema.nope"))
     assert "ema" in info.value.hint
 
@@ -146,8 +155,11 @@ def test_wrong_architecture_lists_missing_and_unexpected(tmp_path):
 
 
 def test_shape_mismatch_is_named():
-    with pytest.raises(CheckpointError, match=r"shape mismatches .*stem\.0\.weight: file "
-                                              r"\(64, 1, 3, 3\) vs model \(32, 1, 3, 3\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape mismatches .*stem\.0\.weight: file "
+        r"\(64, 1, 3, 3\) vs model \(32, 1, 3, 3\)",
+    ):
         load_model(spec(CNN, kwargs={"width": 32}))
 
 
@@ -157,7 +169,7 @@ def test_bad_factory_kwargs(tmp_path):
 
 
 def test_missing_module_and_attribute():
-    with pytest.raises(CheckpointError, match="cannot import 'sample_models.nope'"):
+    with pytest.raises(CheckpointError, match=r"cannot import 'sample_models\.nope'"):
         load_model(spec(CNN, architecture="sample_models.nope:build"))
     with pytest.raises(CheckpointError, match="has no attribute 'buld'"):
         load_model(spec(CNN, architecture="sample_models.digits_cnn.model:buld"))
@@ -191,8 +203,13 @@ def test_compress_output_rebuilds_without_architecture_in_plan(tmp_path, state, 
     model = build()
     model.load_state_dict(state)
     path = tmp_path / "model.safetensors"
-    save_compressed(model.eval(), path, architecture=ArchitectureRef("factory", ARCH),
-                    manifest=[], inputs={"x": {"shape": [1, 1, 8, 8], "dtype": "float32"}})
+    save_compressed(
+        model.eval(),
+        path,
+        architecture=ArchitectureRef("factory", ARCH),
+        manifest=[],
+        inputs={"x": {"shape": [1, 1, 8, 8], "dtype": "float32"}},
+    )
     loaded = load_model(ModelSpec(checkpoint=str(path)))
     assert loaded.kind == "compressed"
     assert list(loaded.input_specs) == ["x"]

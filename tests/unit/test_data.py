@@ -36,9 +36,9 @@ def test_builtin_digits_split_is_deterministic_and_reshaped():
     train = load("builtin:digits?split=train")
     test = load("builtin:digits?split=test")
     assert (len(train), len(test)) == (1347, 450)
-    x, y = test[0]
+    x, _y = test[0]
     assert x["x"].shape == (1, 8, 8) and x["x"].dtype == torch.float32
-    assert 0.0 <= float(x["x"].min()) and float(x["x"].max()) <= 1.0
+    assert float(x["x"].min()) >= 0.0 and float(x["x"].max()) <= 1.0
     again = load("builtin:digits?split=test")
     assert torch.equal(test.inputs["x"], again.inputs["x"])
     assert sorted(set(test.target.tolist())) == list(range(10))
@@ -108,8 +108,10 @@ def tokenizer():
 
 def test_text_jsonl_csv_txt(tmp_path):
     (tmp_path / "a.jsonl").write_text(
-        json.dumps({"text": "The for statement", "label": 1}) + "\n\n"
-        + json.dumps({"text": "a string method", "label": 0}) + "\n"
+        json.dumps({"text": "The for statement", "label": 1})
+        + "\n\n"
+        + json.dumps({"text": "a string method", "label": 0})
+        + "\n"
     )
     (tmp_path / "a.csv").write_text('text,label\n"The for statement",1\nstrings,0\n')
     (tmp_path / "a.txt").write_text("The for statement\n\nanother line\n")
@@ -132,7 +134,9 @@ def test_text_errors_name_the_line_and_fix(tmp_path):
         load(str(bad), TEXT, tokenizer=tok)
     nofield = tmp_path / "nofield.jsonl"
     nofield.write_text('{"sentence": "hello"}\n')
-    with pytest.raises(DataError, match=r"nofield.jsonl:1: each line must be an object with a 'text'"):
+    with pytest.raises(
+        DataError, match=r"nofield\.jsonl:1: each line must be an object with a 'text'"
+    ):
         load(str(nofield), TEXT, tokenizer=tok)
     ok = load(str(nofield) + "?text=sentence", TEXT, tokenizer=tok)
     assert len(ok) == 1
@@ -142,7 +146,7 @@ def test_text_errors_name_the_line_and_fix(tmp_path):
         load(str(nocol), TEXT, tokenizer=tok)
     strings = tmp_path / "s.jsonl"
     strings.write_text('{"text": "a", "label": "spam"}\n{"text": "b", "label": "ham"}\n')
-    with pytest.raises(DataError, match="give data.label_names"):
+    with pytest.raises(DataError, match=r"give data\.label_names"):
         load(str(strings), TEXT, tokenizer=tok)
     named = load(str(strings), TEXT, tokenizer=tok, label_names=["ham", "spam"])
     assert named.target.tolist() == [1, 0]
@@ -154,14 +158,15 @@ def test_user_dataset_function_and_dataloader():
     ds = load("tests.unit.data_sources:pairs_dataset?n=10", FLAT)
     batch = collate([ds[i] for i in range(4)])
     assert batch.inputs["x"].shape == (4, 64) and batch.target.tolist() == [0, 1, 2, 0]
-    loader = make_loader(load("tests.unit.data_sources:dict_loader", FLAT), 4, shuffle=False,
-                         seed=0)
+    loader = make_loader(
+        load("tests.unit.data_sources:dict_loader", FLAT), 4, shuffle=False, seed=0
+    )
     batches = list(loader)
     assert [len(b) for b in batches] == [4, 2] and batches[1].target.tolist() == [0, 1]
 
 
 def test_user_function_errors():
-    with pytest.raises(DataError, match="cannot import module 'tests.unit.nope'"):
+    with pytest.raises(DataError, match=r"cannot import module 'tests\.unit\.nope'"):
         load("tests.unit.nope:f", FLAT)
     with pytest.raises(DataError, match="returned int"):
         load("tests.unit.data_sources:not_a_dataset", FLAT)
@@ -183,4 +188,5 @@ def test_few_shot_keeps_n_per_class():
     counts = torch.bincount(few.target, minlength=10)
     assert len(few) == 100 and counts.tolist() == [10] * 10
     assert not torch.equal(few.target, few_shot_subset(ds, 10, seed=1).target) or not torch.equal(
-        few.inputs["x"], few_shot_subset(ds, 10, seed=1).inputs["x"])
+        few.inputs["x"], few_shot_subset(ds, 10, seed=1).inputs["x"]
+    )

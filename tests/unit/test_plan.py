@@ -33,8 +33,7 @@ def problems_of(path: Path, overrides=None) -> list[str]:
 
 def test_all_schema_errors_are_listed_with_line_and_path(write_plan):
     path = write_plan(
-        cnn_model_block()
-        + "  extra_key: 1\n"
+        cnn_model_block() + "  extra_key: 1\n"
         "stages:\n"
         "  - prune: {amount: 1.5, criterion: l3}\n"
         "  - finetune: {epochs: two}\n"
@@ -117,9 +116,7 @@ def test_set_overrides_fields_and_are_validated(write_plan):
     assert loaded.plan.stages[0].config.amount == 0.25
     assert loaded.plan.seed == 7 and loaded.plan.bench.batch_sizes == [4, 8]
     problems = problems_of(path, ["stages.0.prune.amount=2"])
-    assert problems == [
-        "--set: stages.0.prune.amount: Input should be less than 1 (got 2)"
-    ]
+    assert problems == ["--set: stages.0.prune.amount: Input should be less than 1 (got 2)"]
 
 
 def test_set_rejects_a_path_into_a_missing_list_item(write_plan):

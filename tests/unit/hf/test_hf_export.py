@@ -144,3 +144,30 @@ def test_reader_takes_plain_folders_and_refuses_incomplete_ones(tmp_path):
     (tmp_path / "plain" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"no model\.safetensors"):
         from_pretrained(tmp_path / "plain")
+
+
+def test_a_folder_compress_wrote_is_a_model_source_and_its_structure_carries_on(tmp_path):
+    # Per-layer FFN widths plain transformers cannot load: model.hf rebuilds them from the
+    # folder's compress field, and the structure travels on into the next output.
+    from compressor import load
+    from compressor.artifacts import save_compressed
+    from compressor.checkpoint import load_model
+    from compressor.plan import ModelSpec
+
+    model = HFModel(tiny_model("bert"), "base").eval()
+    inputs = text_inputs()
+    graph = StructureGraph(model, inputs)
+    graph.remove(graph.group("model.encoder.layer.0.intermediate.dense"), range(32))
+    save_hf_folder(model, tmp_path / "hf")
+    with pytest.raises(Exception, match="size"):  # what plain transformers makes of it
+        transformers.AutoModel.from_pretrained(tmp_path / "hf")
+    loaded = load_model(ModelSpec(hf=str(tmp_path / "hf"), task="base"))
+    assert loaded.manifest and all(op["module"].startswith("model") for op in loaded.manifest)
+    assert torch.equal(out(loaded.model, inputs), out(model, inputs))
+    save_compressed(
+        loaded.model,
+        tmp_path / "again.safetensors",
+        architecture=loaded.architecture,
+        manifest=loaded.manifest,
+    )
+    assert torch.equal(out(load(tmp_path / "again.safetensors"), inputs), out(model, inputs))

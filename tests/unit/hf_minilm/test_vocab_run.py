@@ -25,7 +25,8 @@ def _write_plan(tmp_path, folder, stages: str = STAGES) -> object:
     path = tmp_path / "plan.yaml"
     path.write_text(
         f"version: 1\nmodel:\n  hf: {folder}\n{INPUTS}"
-        "data: {train: train.txt, eval: eval.txt, metric: cosine, batch_size: 4}\n"
+        "data: {train: train.txt, eval: eval.txt, metric: cosine, also_metrics: [spearman],"
+        " batch_size: 4}\n"
         f"stages:\n{stages}"
         "export: {formats: [safetensors, onnx], onnx: {exporter: legacy}}\n"
         "bench: {enabled: false}\n"
@@ -45,6 +46,10 @@ def test_run_exports_the_rewritten_tokenizer_and_resumes_after_vocab_pruning(tin
     vocab = report["stages"][2]["vocab"]["tokens"]
     assert vocab["after"] < vocab["before"]
     assert report["artifacts"]["onnx"]["verification"]["passed"]
+    # Spearman of pairwise similarities, reported beside the cosine from the same outputs.
+    spearman = report["metric"]["also"]["spearman"]
+    assert spearman["before"] == pytest.approx(1.0) and -1 <= spearman["after"] < 1
+    assert "spearman 1.0000 ->" in (out / "report.md").read_text()
     # The rewritten tokenizer is exported beside the model, and it is the one the model reads.
     tokenizer = out / "tokenizer" / "tokenizer.json"
     assert tokenizer.is_file() and (out / "tokenizer" / "vocab.txt").is_file()
