@@ -6,11 +6,11 @@ on standard-library docstrings (out-of-domain): mean cosine of the sentence embe
 Spearman correlation of the pairwise-similarity matrices. Presets differ in one thing each, so
 they compare at an equal number of steps (fair on a busy machine too):
 
-* ``plan``: the shipped plan's prune and distill stages (``--max-steps`` overrides);
+* ``plan`` (= ``self``): the shipped plan's self-distilled pruning (the distill stage's
+  ``prune:`` block: Taylor importance from the distillation gradients, cubic schedule over
+  the first 30% of the steps; ``--max-steps`` overrides);
 * ``l2`` / ``activation``: one-shot pruning by that criterion, then the plan's distillation;
-* ``kd``: the plan without hidden-state matching (pooled-embedding cosine only);
-* ``self``: self-distilled pruning (the distill stage's ``prune:`` block, Taylor importance
-  from the distillation gradients, cubic schedule over the first 30% of the steps).
+* ``kd``: one-shot L2 pruning, then distillation without hidden-state matching.
 
     python benchmarks/minilm_distill.py --preset plan
     python benchmarks/minilm_distill.py --preset activation --max-steps 150 --aligned 0.1
@@ -58,17 +58,17 @@ def plan_stages() -> list[tuple[str, dict[str, Any]]]:
 
 def preset(name: str) -> list[tuple[str, dict[str, Any]]]:
     stages = plan_stages()
-    prune = next(o for n, o in stages if n == "prune")
     distill = next(o for n, o in stages if n == "distill")
-    if name == "plan":
+    block = distill.get("prune") or {"heads": 0.5, "ffn": 0.5}
+    widths = {"heads": block.get("heads"), "ffn": block.get("ffn")}
+    plain = {k: v for k, v in distill.items() if k != "prune"}  # distillation alone
+    if name in ("plan", "self"):  # the shipped plan prunes while it distils
         return stages
     if name in ("l2", "activation"):
-        return [("prune", {**prune, "criterion": name}), ("distill", distill)]
+        return [("prune", {**widths, "criterion": name}), ("distill", plain)]
     if name == "kd":
-        return [("prune", prune), ("distill", {k: v for k, v in distill.items() if k != "hidden"})]
-    if name == "self":
-        block = {"heads": prune["heads"], "ffn": prune["ffn"], "criterion": "activation"}
-        return [("distill", {**distill, "prune": {**block, "steps": 8, "end": 0.3}})]
+        no_hidden = {k: v for k, v in plain.items() if k != "hidden"}
+        return [("prune", {**widths, "criterion": "l2"}), ("distill", no_hidden)]
     raise SystemExit(f"unknown preset {name!r}")
 
 
@@ -123,6 +123,7 @@ def main() -> None:
             options["data"] = args.train
         if args.no_hidden:
             options.pop("hidden", None)
+
     print_result({"preset": args.preset, **run(stages, seed=args.seed)})
 
 

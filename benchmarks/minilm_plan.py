@@ -19,7 +19,6 @@ Ends with one line ``RESULT {json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -80,7 +79,8 @@ def main() -> None:
     compressed = load(args.out / "model.safetensors")
     figures = {"exported": measure_fidelity(compressed, original.model, original.tokenizer, layout)}
     stages_dir = args.out / ".run" / "stages"
-    for path in sorted(stages_dir.glob("*-distill/model.safetensors")):
+    distill_index = next(s["index"] for s in report["stages"] if s["name"] == "distill")
+    for path in [stages_dir / f"{distill_index:02d}-distill" / "model.safetensors"]:
         distilled = load(path)
         figures["distilled"] = measure_fidelity(
             distilled, original.model, original.tokenizer, layout
@@ -107,8 +107,37 @@ def main() -> None:
         "load_after": machine_load(),
         "bench_notes": (report.get("bench") or {}).get("notes"),
     }
-    print(json.dumps(summary, indent=2, default=str))
+    print_table(summary)
     print_result(summary)
+
+
+def print_table(summary: dict) -> None:
+    """The figures as a readable table (the RESULT line holds them all)."""
+
+    def fmt(value, spec=".3f"):
+        return "-" if value is None else format(value, spec)
+
+    rows = [
+        ("safetensors size vs original", fmt(summary["size_ratio"]) + "x"),
+        (
+            "onnxruntime latency, " + str(summary["latency_basis"]),
+            fmt(summary["latency_ratio"]) + "x",
+        ),
+        ("MACs / parameters", f"{fmt(summary['macs_ratio'])}x / {fmt(summary['params_ratio'])}x"),
+        ("distillation wall time", f"{fmt(summary['distill_seconds'], '.0f')} s"),
+    ]
+    for stage in ("distilled", "exported"):
+        for domain in ("heldout", "ood"):
+            f = summary["fidelity"].get(stage, {}).get(domain)
+            if f:
+                label = (
+                    f"{stage}: {'held-out pydoc' if domain == 'heldout' else 'docstrings (OOD)'}"
+                )
+                rows.append((label, f"cosine {f['cosine']:.4f}  Spearman {f['spearman']:.4f}"))
+    rows.append(("exit code (gates)", str(summary["exit_code"])))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
 
 
 if __name__ == "__main__":

@@ -520,7 +520,11 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
                 f"{state.dir}; starting from the first stage[/]"
             )
     if names and ctx.is_main_process and loaded.architecture is not None and restore == 0:
-        # A fresh start forgets the earlier run's stages, so a later --resume cannot mix them in.
+        # A fresh start forgets the earlier run's stages, so a later --resume cannot mix them in
+        # (and their files go too: a stale 01-distill beside this run's 00-distill misleads).
+        import shutil
+
+        shutil.rmtree(state.dir / "stages", ignore_errors=True)
         state.stages = []
         state.save()
     manifest = list(loaded.manifest)
