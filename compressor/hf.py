@@ -396,32 +396,14 @@ def tokenizer_text(model: nn.Module) -> str | None:
     return None
 
 
-def tokenizer_callable(tok: Any, max_length: int):
-    """``texts -> {input_ids, attention_mask, token_type_ids}`` padded/truncated to
-    ``max_length``, from a ``tokenizers.Tokenizer`` (as ``compressor.tokenization`` does)."""
-    pad_id = tok.token_to_id("[PAD]")
-    if pad_id is None:
-        pad_id = tok.token_to_id("<pad>")
-    tok.enable_truncation(max_length)
-    tok.enable_padding(pad_id=pad_id or 0, length=max_length)
-
-    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
-        encodings = tok.encode_batch(texts)
-        return {
-            "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
-            "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
-            "token_type_ids": torch.tensor([e.type_ids for e in encodings], dtype=torch.long),
-        }
-
-    return tokenize
-
-
 def model_tokenizer(model: nn.Module, max_length: int = DEFAULT_SEQ_LEN):
     """The tokenising callable of ``model``'s own (possibly rewritten) tokenizer, or None."""
     text = tokenizer_text(model)
     if text is None:
         return None
     from tokenizers import Tokenizer
+
+    from compressor.tokenization import tokenizer_callable
 
     return tokenizer_callable(Tokenizer.from_str(text), max_length)
 

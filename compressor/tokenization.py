@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,6 +33,12 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenize:
         tok = Tokenizer.from_file(str(file))
     except Exception as e:
         raise CheckpointError(f"tokenizer {file} cannot be read ({e})") from None
+    return tokenizer_callable(tok, max_length)
+
+
+def tokenizer_callable(tok: Any, max_length: int) -> Tokenize:
+    """``texts -> {input_ids, attention_mask, token_type_ids}`` padded and truncated to
+    ``max_length``, from a ``tokenizers.Tokenizer``."""
     pad_id = tok.token_to_id("[PAD]")
     if pad_id is None:
         pad_id = tok.token_to_id("<pad>")

@@ -11,6 +11,7 @@ from compressor.errors import PlanError
 from compressor.plan import Plan
 from compressor.plan_io import load_plan
 from compressor.stages.embeddings import EmbeddingsConfig, order_problems
+from tests.unit.sharing.helpers import make_ctx
 
 TRAIN = ["the value of a list is a new object", "a function returns the name of a class"] * 4
 EVAL = ["the list returns a new value", "a class is an object", "reading the strings"]
@@ -36,26 +37,6 @@ def _plan(tmp_path, folder, stages: str) -> str:
     return path
 
 
-def _context(plan_path):
-    from compressor.checkpoint import load_model
-    from compressor.context import DataBundle, RunContext
-
-    loaded_plan = load_plan(plan_path)
-    plan = loaded_plan.plan
-    loaded = load_model(plan.model, loaded_plan.base_dir)
-    data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
-    ctx = RunContext(
-        plan=plan,
-        base_dir=loaded_plan.base_dir,
-        loaded=loaded,
-        device=torch.device("cpu"),
-        data=data,
-        quiet=True,
-    )
-    ctx.original = ctx.frozen_copy(loaded.model)
-    return ctx, loaded.model
-
-
 @pytest.mark.slow
 def test_stage_prunes_vocab_factorises_exports_and_reloads(tiny_bert, tmp_path):
     from compressor import load
@@ -70,7 +51,7 @@ def test_stage_prunes_vocab_factorises_exports_and_reloads(tiny_bert, tmp_path):
         "      vocab: {corpus: [train], keep_chars: none}\n"
         "      factorize: {rank: 4, round_to: 1, refine_steps: 10}\n"
     )
-    ctx, model = _context(_plan(tmp_path, tiny_bert, stages))
+    ctx, model = make_ctx(_plan(tmp_path, tiny_bert, stages))
     before_metric = ctx.evaluate(model)  # caches the teacher's outputs on the original ids
     ((name, cfg),) = ctx.plan.stage_list()
     before = snapshot(model)
