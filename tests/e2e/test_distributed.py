@@ -22,7 +22,8 @@ ARTIFACTS = {"model.safetensors", "model.onnx", "report.json", "report.md", "rep
 
 def shapes(path: Path) -> dict[str, tuple[int, ...]]:
     with safe_open(str(path), "pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f}
+        # safe_open is not iterable: keys() is needed here.
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
 
 
 def run(out: Path, *launcher: str) -> dict:
