@@ -20,10 +20,8 @@ from pathlib import Path
 
 import torch
 
-from compressor.checkpoint import load_model
-from compressor.context import DataBundle, RunContext
+from compressor.context import RunContext, context_for_plan
 from compressor.modeling import count_macs
-from compressor.plan_io import load_plan
 from compressor.stages import finetune, prune
 
 PLAN = Path(__file__).resolve().parents[1] / "sample_models" / "digits_cnn" / "plan.yaml"
@@ -66,20 +64,7 @@ CONFIGS = {
 
 
 def context(seed: int) -> tuple[RunContext, torch.nn.Module]:
-    loaded_plan = load_plan(PLAN, [f"seed={seed}"])
-    plan = loaded_plan.plan
-    loaded = load_model(plan.model, loaded_plan.base_dir)
-    data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
-    ctx = RunContext(
-        plan=plan,
-        base_dir=loaded_plan.base_dir,
-        loaded=loaded,
-        device=torch.device("cpu"),
-        data=data,
-        quiet=True,
-    )
-    ctx.original = ctx.frozen_copy(loaded.model)
-    return ctx, loaded.model
+    return context_for_plan(PLAN, [f"seed={seed}"])
 
 
 def run_one(name: str, seed: int) -> dict:

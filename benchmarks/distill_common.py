@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 
-from compressor.checkpoint import load_model
-from compressor.context import DataBundle, RunContext
+from compressor.context import RunContext, context_for_plan
 from compressor.modeling import count_macs, count_params
-from compressor.plan_io import load_plan
 from compressor.stages.registry import get_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,24 +23,7 @@ def make_context(
     plan_path: Path, *, seed: int = 0, overrides: list[str] | None = None, quiet: bool = True
 ) -> tuple[RunContext, torch.nn.Module]:
     """The RunContext and the loaded model of a plan (stages are run by :func:`run_stages`)."""
-    loaded_plan = load_plan(plan_path, [f"seed={seed}", *(overrides or [])])
-    plan = loaded_plan.plan
-    loaded = load_model(plan.model, loaded_plan.base_dir, safe=plan.safe)
-    data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
-    ctx = RunContext(
-        plan=plan,
-        base_dir=loaded_plan.base_dir,
-        loaded=loaded,
-        device=torch.device("cpu"),
-        data=data,
-        console=Console(stderr=True),
-        quiet=quiet,
-    )
-    torch.manual_seed(plan.seed)
-    model = loaded.model
-    ctx.original = ctx.frozen_copy(model)
-    ctx.history = list(loaded.history)
-    return ctx, model
+    return context_for_plan(plan_path, [f"seed={seed}", *(overrides or [])], quiet=quiet)
 
 
 def run_stages(

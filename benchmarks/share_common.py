@@ -9,10 +9,8 @@ import torch
 import torch.nn as nn
 from pydantic import TypeAdapter
 
-from compressor.checkpoint import load_model
-from compressor.context import DataBundle, RunContext
+from compressor.context import RunContext, context_for_plan
 from compressor.modeling import call_model
-from compressor.plan_io import load_plan
 from compressor.stages import finetune, prune, share
 from compressor.stages.registry import get_stage
 
@@ -22,20 +20,7 @@ SHARE = TypeAdapter(get_stage("share").config)
 
 def context(name: str, seed: int = 0) -> tuple[RunContext, nn.Module]:
     """The sample model ``name`` with its shipped plan's data and metric."""
-    loaded_plan = load_plan(SAMPLES / name / "plan.yaml", [f"seed={seed}"])
-    plan = loaded_plan.plan
-    loaded = load_model(plan.model, loaded_plan.base_dir)
-    data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
-    ctx = RunContext(
-        plan=plan,
-        base_dir=loaded_plan.base_dir,
-        loaded=loaded,
-        device=torch.device("cpu"),
-        data=data,
-        quiet=True,
-    )
-    ctx.original = ctx.frozen_copy(loaded.model)
-    return ctx, loaded.model
+    return context_for_plan(SAMPLES / name / "plan.yaml", [f"seed={seed}"])
 
 
 def run_share(ctx: RunContext, model: nn.Module, **options) -> dict:

@@ -341,3 +341,37 @@ class RunContext:
     def frozen_copy(self, model: nn.Module) -> nn.Module:
         clone = copy.deepcopy(model)
         return clone.eval().requires_grad_(False)
+
+
+def context_for_plan(
+    plan_path: Path | str,
+    overrides: list[str] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    quiet: bool = True,
+    console: Console | None = None,
+) -> tuple[RunContext, nn.Module]:
+    """The context and model ``compress run`` would start from, for running stages from
+    Python (notebooks, benchmarks, tests) without the runner's export and reporting.
+
+    ``overrides`` are ``--set`` style ``path=value`` strings. The teacher (the original
+    model) is loaded again on first use, as in a run.
+    """
+    from compressor.plan_io import load_plan
+
+    loaded_plan = load_plan(Path(plan_path), list(overrides or []))
+    plan = loaded_plan.plan
+    loaded = load_model(plan.model, loaded_plan.base_dir, safe=plan.safe)
+    ctx = RunContext(
+        plan=plan,
+        base_dir=loaded_plan.base_dir,
+        loaded=loaded,
+        device=torch.device(device),
+        data=DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer),
+        console=console or Console(stderr=True),
+        quiet=quiet,
+    )
+    ctx.original_loader = lambda: load_model(plan.model, loaded_plan.base_dir, safe=plan.safe).model
+    ctx.history = list(loaded.history)
+    torch.manual_seed(plan.seed)
+    return ctx, loaded.model.to(ctx.device)

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
-from compressor.checkpoint import load_model
-from compressor.context import DataBundle, RunContext
-from compressor.plan_io import load_plan
+from compressor.context import RunContext, context_for_plan
 from compressor.structure import diff, snapshot
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -31,20 +28,7 @@ export:
 
 def make_ctx(plan_path: Path, overrides: list[str] | None = None) -> RunContext:
     """The RunContext the runner would build for this plan (CPU, quiet)."""
-    loaded_plan = load_plan(plan_path, list(overrides or []))
-    plan = loaded_plan.plan
-    loaded = load_model(plan.model, loaded_plan.base_dir, safe=plan.safe)
-    data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
-    ctx = RunContext(
-        plan=plan,
-        base_dir=loaded_plan.base_dir,
-        loaded=loaded,
-        device=torch.device("cpu"),
-        data=data,
-        quiet=True,
-    )
-    ctx.original = ctx.frozen_copy(loaded.model)
-    return ctx
+    return context_for_plan(plan_path, overrides)[0]
 
 
 def keep_units(first: nn.Linear, second: nn.Linear, keep: int) -> None:

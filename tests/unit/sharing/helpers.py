@@ -4,30 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
-from compressor.checkpoint import load_model
-from compressor.context import DataBundle, RunContext
-from compressor.plan_io import load_plan
+from compressor.context import RunContext, context_for_plan
 from tests.conftest import SAMPLES
 
 
 def make_ctx(plan_path: Path) -> tuple[RunContext, nn.Module]:
-    loaded_plan = load_plan(plan_path)
-    plan = loaded_plan.plan
-    loaded = load_model(plan.model, loaded_plan.base_dir)
-    data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
-    ctx = RunContext(
-        plan=plan,
-        base_dir=loaded_plan.base_dir,
-        loaded=loaded,
-        device=torch.device("cpu"),
-        data=data,
-        quiet=True,
-    )
-    ctx.original = ctx.frozen_copy(loaded.model)
-    return ctx, loaded.model
+    return context_for_plan(plan_path)
 
 
 def sample_ctx(name: str) -> tuple[RunContext, nn.Module]:

@@ -3,15 +3,12 @@ modes, and self-distilled pruning through the real prune engine."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from compressor.checkpoint import load_model
-from compressor.context import DataBundle, RunContext
+from compressor.context import RunContext, context_for_plan
 from compressor.errors import PlanError, StageError
 from compressor.graph.groups import CONSUMER, PRODUCER, Member, UnitGroup
 from compressor.plan_io import load_plan
@@ -25,21 +22,7 @@ from tests.conftest import SAMPLES, cnn_model_block
 DIGITS_DATA = "data:\n  train: builtin:digits?split=train\n  eval: builtin:digits?split=test\n"
 
 
-def make_ctx(plan_path: Path) -> tuple[RunContext, nn.Module]:
-    loaded_plan = load_plan(plan_path)
-    plan = loaded_plan.plan
-    loaded = load_model(plan.model, loaded_plan.base_dir)
-    data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
-    ctx = RunContext(
-        plan=plan,
-        base_dir=loaded_plan.base_dir,
-        loaded=loaded,
-        device=torch.device("cpu"),
-        data=data,
-        quiet=True,
-    )
-    ctx.original = ctx.frozen_copy(loaded.model)
-    return ctx, loaded.model
+make_ctx = context_for_plan  # the context and model a run starts from
 
 
 def prune_fc1(model: nn.Module, keep: torch.Tensor, ctx: RunContext | None = None) -> None:

@@ -5,7 +5,6 @@ a compacted file that reloads to exactly the same model."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +13,9 @@ from pydantic import ValidationError
 
 from compressor.architecture import ArchitectureRef
 from compressor.artifacts import load_compressed, save_compressed
-from compressor.checkpoint import load_model
-from compressor.context import DataBundle, RunContext
+from compressor.context import RunContext, context_for_plan
 from compressor.errors import StageError
 from compressor.modeling import count_macs, count_params
-from compressor.plan_io import load_plan
 from compressor.stages import prune
 from compressor.stages.prune import PruneConfig
 from compressor.stages.registry import CALIBRATION_DATA, LABELS, TRAIN_DATA
@@ -29,21 +26,7 @@ DIGITS_DATA = "data:\n  train: builtin:digits?split=train\n  eval: builtin:digit
 CNN_CONVS = ("stem.0", "block1.conv1", "block1.conv2", "down.0", "block2.conv1", "block2.conv2")
 
 
-def make_ctx(plan_path: Path) -> tuple[RunContext, nn.Module]:
-    loaded_plan = load_plan(plan_path)
-    plan = loaded_plan.plan
-    loaded = load_model(plan.model, loaded_plan.base_dir)
-    data = DataBundle(plan, loaded_plan.base_dir, loaded.input_specs, loaded.tokenizer)
-    ctx = RunContext(
-        plan=plan,
-        base_dir=loaded_plan.base_dir,
-        loaded=loaded,
-        device=torch.device("cpu"),
-        data=data,
-        quiet=True,
-    )
-    ctx.original = ctx.frozen_copy(loaded.model)
-    return ctx, loaded.model
+make_ctx = context_for_plan  # the context and model a run starts from
 
 
 @pytest.fixture
