@@ -10,7 +10,10 @@
    random positions. LayerNorm discards each row's mean and scale, so the SVD spends rank on
    directions that do not matter; refinement moves it to those that do. Models without a
    BERT-style embedding block are refined on the weighted table itself (which the SVD already
-   solves exactly, so refinement then stops at once).
+   solves exactly, so refinement then stops at once). Off by default in the stage
+   (``refine_steps: 0``): on MiniLM, 300 steps lowered held-out sentence fidelity at ranks 64
+   and 128 (``benchmarks/minilm_embeddings.py``), since per-token reconstruction is not what
+   sentence embeddings depend on.
 
 The result is a :class:`compressor.modules.FactorizedEmbedding`, registered for rebuilding, so
 the compacted model saves, reloads and exports like any other.
