@@ -4,6 +4,8 @@ stages import (e.g. the training loop) can use them without an import cycle."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -11,6 +13,13 @@ class StrictModel(BaseModel):
     """A pydantic model that rejects unknown keys and validates assignments."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+def number_as_weight(value: Any) -> Any:
+    """For ``mode="before"`` validators: a bare number in the plan means ``{weight: N}``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"weight": value}
+    return value
 
 
 # What a stage can need from the plan, checked before any weights load.

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from compressor.config_base import StrictModel
+from compressor.config_base import StrictModel, number_as_weight
 from compressor.errors import StageError
 from compressor.teacher_cache import (
     OUTPUT_KEY,
@@ -195,9 +195,7 @@ class CrossCorrelationConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _number_is_weight(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return {"weight": value}
-        return value
+        return number_as_weight(value)
 
 
 # ------------------------------------------------------------- the objective

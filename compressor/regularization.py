@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from compressor.config_base import StrictModel
+from compressor.config_base import StrictModel, number_as_weight
 from compressor.errors import StageError
 
 REGULARISED_TYPES = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
@@ -52,9 +52,7 @@ class AlignedConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _number_is_weight(cls, value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return {"weight": value}
-        return value
+        return number_as_weight(value)
 
 
 def _is_ddp(model: nn.Module) -> bool:

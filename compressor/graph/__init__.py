@@ -27,7 +27,7 @@ from compressor.graph.groups import (
     UnitGroup,
 )
 from compressor.graph.probe import WidthProbe, count_prunable_groups
-from compressor.graph.select import check_pattern, first_match, matches
+from compressor.graph.select import check_amounts, check_pattern, first_match, matches
 from compressor.graph.support import check_supported, flatten_tensors
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "StructureGraph",
     "UnitGroup",
     "WidthProbe",
+    "check_amounts",
     "check_pattern",
     "check_supported",
     "count_prunable_groups",

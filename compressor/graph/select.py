@@ -25,6 +25,15 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
+def check_amounts(amounts: dict[str, float]) -> dict[str, float]:
+    """Validate ``{pattern: fraction removed}`` (``amounts:`` of prune and share)."""
+    for pattern, fraction in amounts.items():
+        check_pattern(pattern)
+        if not 0 <= fraction < 1:
+            raise ValueError(f"amounts[{pattern!r}] = {fraction} must be in [0, 1)")
+    return amounts
+
+
 def _ancestry(name: str) -> list[str]:
     """``a.b.c`` -> ``["a.b.c", "a.b", "a"]``: the name and every module it sits in."""
     parts = name.split(".")

@@ -44,6 +44,7 @@ from compressor.graph import (
     HIDDEN,
     StructureGraph,
     UnitGroup,
+    check_amounts,
     check_pattern,
     check_supported,
     first_match,
@@ -147,11 +148,7 @@ class PruneConfig(StageConfig):
     @field_validator("amounts")
     @classmethod
     def _amounts(cls, value: dict[str, float]) -> dict[str, float]:
-        for pattern, fraction in value.items():
-            check_pattern(pattern)
-            if not 0 <= fraction < 1:
-                raise ValueError(f"amounts[{pattern!r}] = {fraction} must be in [0, 1)")
-        return value
+        return check_amounts(value)
 
     @field_validator("layers", mode="before")
     @classmethod

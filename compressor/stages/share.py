@@ -26,7 +26,7 @@ import torch
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from compressor.errors import StageError
-from compressor.graph import UnitGroup, check_pattern, first_match
+from compressor.graph import UnitGroup, check_amounts, check_pattern, first_match
 from compressor.graph import schedule as sched
 from compressor.modeling import call_model, count_macs, count_params
 from compressor.sharing import cluster, fuse, merge
@@ -91,11 +91,7 @@ class MergeNeuronsConfig(_Targeted):
     @field_validator("amounts")
     @classmethod
     def _amounts(cls, value: dict[str, float]) -> dict[str, float]:
-        for pattern, fraction in value.items():
-            check_pattern(pattern)
-            if not 0 <= fraction < 1:
-                raise ValueError(f"amounts[{pattern!r}] = {fraction} must be in [0, 1)")
-        return value
+        return check_amounts(value)
 
     @model_validator(mode="after")
     def _something_to_do(self) -> MergeNeuronsConfig:
