@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from compressor.config_base import StrictModel, number_as_weight
 from compressor.errors import StageError
+from compressor.padding import real_rows, token_mask, trim_padding, trim_tensor
 from compressor.teacher_cache import (
     OUTPUT_KEY,
     FeatureTaps,
@@ -262,13 +263,22 @@ class DistillObjective:
         """The projections' current parameters (pruning may replace them: call again)."""
         return list(self.projections.parameters())
 
-    def teacher_outputs(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def teacher_outputs(
+        self, batch: Any, inputs: dict[str, torch.Tensor] | None = None, full: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The teacher's output and tapped features for ``batch``: from the cache when it has
+        them, else by running the teacher on ``inputs`` (default: the batch's). ``full``: the
+        batch's length before :func:`trim_padding`, so cached token tensors are cut to match."""
+        inputs = batch.inputs if inputs is None else inputs
         index = getattr(batch, "index", None)
         if self.cache is not None and index is not None:
             found = self.cache.lookup(index, self.device)
+            if full is not None:
+                keep = next(iter(inputs.values())).shape[1]
+                found = {k: trim_tensor(v, full, keep) for k, v in found.items()}
             return found.pop(OUTPUT_KEY), found
         with torch.no_grad():
-            return run_with_taps(self.teacher, self.teacher_taps, batch.inputs)
+            return run_with_taps(self.teacher, self.teacher_taps, inputs)
 
     @torch.no_grad()
     def fit_projections(self, student: nn.Module) -> list[str]:
@@ -286,8 +296,11 @@ class DistillObjective:
         _, t_feats = self.teacher_outputs(self.calibration)
         student.train(was_training)
         changed = []
+        mask = token_mask(self.calibration.inputs)
         for key, s_name, t_name in self.pairs:
-            s_rows, t_rows = feature_rows(s_feats[s_name]), feature_rows(t_feats[t_name])
+            s_rows, t_rows = real_rows(
+                feature_rows(s_feats[s_name]), feature_rows(t_feats[t_name]), mask
+            )
             existing = dict(self.projections.items()).get(key)
             width = s_rows.shape[1]
             if (existing.in_features if existing is not None else t_rows.shape[1]) == width:
@@ -296,8 +309,16 @@ class DistillObjective:
             changed.append(key)
         return changed
 
-    def _rows(self, key: str, s_feat: torch.Tensor, t_feat: torch.Tensor):
+    def _rows(self, key: str, s_feat: torch.Tensor, t_feat: torch.Tensor, mask=None):
+        """Row matrices of a matched pair (the student's projected), real tokens only."""
         s_rows, t_rows = feature_rows(s_feat), feature_rows(t_feat)
+        if s_rows.shape[0] != t_rows.shape[0]:
+            raise StageError(
+                f"cannot match student and teacher layers ({key}): shapes "
+                f"{tuple(s_feat.shape)} and {tuple(t_feat.shape)}",
+                hint="match layers with the same number of positions (tokens, pixels)",
+            )
+        s_rows, t_rows = real_rows(s_rows, t_rows, mask)
         if key in self.projections:
             s_rows = self.projections[key](s_rows)
         if s_rows.shape != t_rows.shape:
@@ -310,8 +331,12 @@ class DistillObjective:
 
     def __call__(self, student: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        s_out, s_feats = run_with_taps(student, self.student_taps, batch.inputs)
-        t_out, t_feats = self.teacher_outputs(batch)
+        # Columns that are padding in every row change no real token's output: cut them (a
+        # length-grouped batch is then about as long as its sentences).
+        inputs, full = trim_padding(batch.inputs)
+        mask = token_mask(inputs)
+        s_out, s_feats = run_with_taps(student, self.student_taps, inputs)
+        t_out, t_feats = self.teacher_outputs(batch, inputs, full)
         if s_out.shape != t_out.shape:
             raise StageError(
                 f"the student's output has shape {tuple(s_out.shape)}, the teacher's "
@@ -327,7 +352,9 @@ class DistillObjective:
             terms.append(("kd", cfg.kd, kd))
         if self.task_weight > 0 and batch.target is not None:
             terms.append(("task", self.task_weight, task_loss(s_out, batch.target)))
-        hidden = [self._rows(k, s_feats[s], t_feats[t]) for k, s, t in self.pairs if k != "cc"]
+        hidden = [
+            self._rows(k, s_feats[s], t_feats[t], mask) for k, s, t in self.pairs if k != "cc"
+        ]
         if hidden:
             value = torch.stack([hidden_loss(s, t, cfg.hidden.loss) for s, t in hidden]).mean()
             terms.append(("hidden", cfg.hidden.weight, value))
@@ -337,7 +364,7 @@ class DistillObjective:
             if cc_pair is None:
                 s_rows, t_rows = s_out, t_out
             else:
-                s_rows, t_rows = self._rows("cc", s_feats[cc_pair[1]], t_feats[cc_pair[2]])
+                s_rows, t_rows = self._rows("cc", s_feats[cc_pair[1]], t_feats[cc_pair[2]], mask)
             terms.append(
                 ("cc", cc.weight, cross_correlation_loss(s_rows, t_rows, cc.lambda_offdiag))
             )

@@ -111,11 +111,30 @@ def _collate_indexed(items):
 
 
 def indexed_loader(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, distributed: Any = None
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    distributed: Any = None,
+    lengths: torch.Tensor | None = None,
 ) -> DataLoader:
     """A deterministic loader of :class:`IndexedBatch` over a map-style dataset (under
-    torchrun, ``distributed`` gives each rank its shard, reshuffled by ``set_epoch``)."""
+    torchrun, ``distributed`` gives each rank its shard, reshuffled by ``set_epoch``).
+    ``lengths`` (real tokens per example) makes shuffled batches group similar lengths."""
     indexed = _Indexed(dataset)
+    if shuffle and lengths is not None:
+        from compressor.padding import LengthGroupedBatches
+
+        # Under torchrun every rank draws the same grouped order and takes its own batches.
+        batches = LengthGroupedBatches(
+            lengths,
+            batch_size,
+            seed=seed,
+            rank=distributed.rank if distributed is not None else 0,
+            world_size=distributed.world_size if distributed is not None else 1,
+        )
+        return DataLoader(indexed, batch_sampler=batches, collate_fn=_collate_indexed)
     sampler = None
     if distributed is not None:
         from torch.utils.data.distributed import DistributedSampler

@@ -49,6 +49,18 @@ class TrainingOptions(StageConfig):
     min_metric: float | None = Field(
         None, description="Stop the stage if the metric falls below this (collapse guard)."
     )
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="Modules (names or 're:' patterns) whose weights stay fixed while the "
+        "stage trains, e.g. [model.embeddings]: no gradients, no optimizer state.",
+    )
+    dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Rate of the model's dropout layers while the stage trains (the model's "
+        "own rates are restored after); 0 turns dropout off, as faithful distillation wants.",
+    )
 
     def requirements(self) -> set[str]:
         return {EXAMPLE_INPUTS, TRAIN_DATA, LABELS}
@@ -141,6 +153,35 @@ def _record_divergence(ctx: Any, description: str, step: int, loss: torch.Tensor
         record.setdefault("diverged", []).append(entry)
 
 
+@contextlib.contextmanager
+def training_setup(model: nn.Module, opts: TrainingOptions):
+    """Freeze ``opts.freeze`` and set ``opts.dropout`` for the stage; undone afterwards, so
+    the exported model keeps its own dropout rates and trainable flags."""
+    from compressor.teacher_cache import resolve_modules
+
+    modules = dict(model.named_modules())
+    frozen = {
+        id(p): p
+        for pattern in opts.freeze
+        for name in resolve_modules(model, pattern, "freeze")
+        for p in modules[name].parameters()
+        if p.requires_grad
+    }
+    rates = [(m, m.p) for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    try:
+        for p in frozen.values():
+            p.requires_grad_(False)
+        if opts.dropout is not None:
+            for m, _ in rates:
+                m.p = opts.dropout
+        yield
+    finally:
+        for p in frozen.values():
+            p.requires_grad_(True)
+        for m, rate in rates:
+            m.p = rate
+
+
 def train(
     model: nn.Module,
     opts: TrainingOptions,
@@ -169,6 +210,11 @@ def train(
     Returns:
         What happened, for the report.
     """
+    with training_setup(model, opts):
+        return _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description)
+
+
+def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description) -> TrainSummary:
     seed = ctx.stage_seed()
     torch.manual_seed(seed)
     device = ctx.device

@@ -25,6 +25,7 @@ from pydantic import Field, field_validator
 
 from compressor.errors import StageError
 from compressor.losses import CrossCorrelationConfig, DistillObjective, HiddenConfig
+from compressor.padding import example_lengths
 from compressor.regularization import AlignedConfig, AlignedRegularizer
 from compressor.stages.registry import (
     EXAMPLE_INPUTS,
@@ -85,6 +86,11 @@ class DistillConfig(TrainingOptions):
         "auto",
         description="Keep batch-norm statistics fixed while training (auto: on "
         "synthetic data, whose statistics are not the real data's).",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Batch token examples of similar length together (padding is cut per "
+        "batch, so a step costs what its real tokens cost). Needs an attention_mask input.",
     )
     few_shot: int | None = Field(
         None, ge=1, description="Train on only this many labelled examples per class."
@@ -165,11 +171,22 @@ def _teacher(model: nn.Module, cfg: DistillConfig, ctx: Any) -> nn.Module:
     return teacher
 
 
-def _loaders(dataset: Any, batch_size: int, ctx: Any):
+def _loaders(dataset: Any, batch_size: int, ctx: Any, group_by_length: bool = False):
     """The shuffled training loader and one fixed calibration batch (projections, norms)."""
     if is_map_style(dataset):
+        lengths = example_lengths(dataset) if group_by_length else None
+        if group_by_length and lengths is None:
+            raise StageError(
+                "distill.group_by_length needs token inputs with an attention_mask",
+                hint="remove group_by_length for this model's data",
+            )
         loader = indexed_loader(
-            dataset, batch_size, shuffle=True, seed=ctx.stage_seed(), distributed=ctx.distributed
+            dataset,
+            batch_size,
+            shuffle=True,
+            seed=ctx.stage_seed(),
+            distributed=ctx.distributed,
+            lengths=lengths,
         )
         calib = indexed_loader(dataset, min(len(dataset), 256), shuffle=False, seed=0)
         return loader, next(iter(calib))
@@ -226,7 +243,7 @@ def apply(model, cfg: DistillConfig, ctx):
                     passes=_passes(cfg, batch_size, len(dataset)),
                 )
             )
-        loader, calib = _loaders(dataset, batch_size, ctx)
+        loader, calib = _loaders(dataset, batch_size, ctx, cfg.group_by_length)
         objective.calibration = calib.to(ctx.device)
         fitted = objective.fit_projections(model)
         if fitted:
