@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from compressor.augment import AugmentConfig
 from compressor.errors import StageError
 from compressor.losses import CrossCorrelationConfig, DistillObjective, HiddenConfig
 from compressor.padding import example_lengths
@@ -87,6 +88,11 @@ class DistillConfig(TrainingOptions):
         description="Keep batch-norm statistics fixed while training (auto: on "
         "synthetic data, whose statistics are not the real data's).",
     )
+    augment: AugmentConfig | None = Field(
+        None,
+        description="Add altered copies of the training text: tokens replaced by their "
+        "nearest neighbours in the model's embedding table (TinyBERT-style).",
+    )
     group_by_length: bool = Field(
         False,
         description="Batch token examples of similar length together (padding is cut per "
@@ -108,6 +114,15 @@ class DistillConfig(TrainingOptions):
         if isinstance(value, float) and value < 0:
             raise ValueError("task must be >= 0 or 'auto'")
         return value
+
+    @model_validator(mode="after")
+    def _augment_has_no_labels(self) -> DistillConfig:
+        if self.augment is not None and not isinstance(self.task, str) and self.task > 0:
+            raise ValueError(
+                "augment alters sentences, so their labels no longer hold: set task to 0 "
+                "or auto with augment"
+            )
+        return self
 
     @field_validator("data")
     @classmethod
@@ -196,6 +211,25 @@ def _loaders(dataset: Any, batch_size: int, ctx: Any, group_by_length: bool = Fa
     return loader, next(iter(loader))
 
 
+def _augment(dataset: Any, model: nn.Module, cfg: Any, ctx: Any):
+    """The training examples plus their altered copies (see :mod:`compressor.augment`)."""
+    import json
+
+    from compressor.augment import (
+        augment_tokens,
+        input_embedding_table,
+        replaceable_ids,
+        token_data,
+    )
+    from compressor.hf import tokenizer_text
+
+    token_data(dataset)  # the data first: an image model has no token table either
+    table = input_embedding_table(model)
+    text = tokenizer_text(model)
+    allowed = replaceable_ids(json.loads(text) if text else None, table.shape[0])
+    return augment_tokens(dataset, table, cfg, seed=ctx.stage_seed(3), allowed=allowed)
+
+
 @register_stage(
     "distill",
     DistillConfig,
@@ -208,9 +242,13 @@ def apply(model, cfg: DistillConfig, ctx):
         ctx, cfg.data, few_shot=cfg.few_shot, synthetic_size=cfg.synthetic_size
     )
     batch_size = cfg.batch_size or ctx.plan.data.batch_size
+    augmented = None
+    if cfg.augment is not None:
+        dataset, augmented = _augment(dataset, model, cfg.augment, ctx)
     objective = DistillObjective(cfg, model, teacher, ctx, has_labels(dataset))
     report: dict[str, Any] = {
         "data": source,
+        **({"augment": augmented} if augmented is not None else {}),
         "kd_loss": objective.kd_kind,
         "task_weight": objective.task_weight,
         "layers": [[s, t] for _, s, t in objective.pairs],
