@@ -345,10 +345,13 @@ class DistillObjective:
             )
         terms: list[tuple[str, float, torch.Tensor]] = []
         if cfg.kd > 0:
+            s_kd, t_kd = s_out, t_out
+            if mask is not None and s_out.dim() >= 3 and s_out.shape[:2] == mask.shape:
+                s_kd, t_kd = s_out[mask], t_out[mask]  # token outputs: real tokens only
             if self.kd_kind == "kl":
-                kd = kd_loss(s_out, t_out, cfg.temperature)
+                kd = kd_loss(s_kd, t_kd, cfg.temperature)
             else:
-                kd = output_match_loss(s_out, t_out, self.kd_kind)
+                kd = output_match_loss(s_kd, t_kd, self.kd_kind)
             terms.append(("kd", cfg.kd, kd))
         if self.task_weight > 0 and batch.target is not None:
             terms.append(("task", self.task_weight, task_loss(s_out, batch.target)))

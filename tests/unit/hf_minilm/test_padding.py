@@ -143,3 +143,38 @@ def test_example_lengths_read_the_attention_mask(tiny_bert, tmp_path):
     lengths = example_lengths(train)
     assert lengths.tolist() == train.inputs["attention_mask"].sum(1).tolist()
     assert example_lengths(object()) is None
+
+
+def test_teacher_cache_built_by_length_matches_the_plain_build(tiny_bert, tmp_path):
+    from compressor.teacher_cache import FeatureTaps, TeacherCache
+
+    ctx, model = make_ctx(_plan(tmp_path, tiny_bert, "  - distill: {epochs: 1}\n"))
+    inputs = _batch(ctx)
+    inputs = {k: torch.nn.functional.pad(v, (0, 3)) for k, v in inputs.items()}  # + padding
+    taps = FeatureTaps(model, ["model.encoder.layer.0", "model.encoder.layer.1"])
+    by_length = TeacherCache.build(model, taps, _Dataset(inputs), 2, ctx.device)
+    plain = TeacherCache.build(model, taps, _PlainDataset(inputs), 2, ctx.device)
+    taps.close()
+    real = inputs["attention_mask"].bool()
+    assert by_length.tensors.keys() == plain.tensors.keys()
+    for key, value in plain.tensors.items():
+        cached = by_length.tensors[key]
+        assert cached.shape == value.shape
+        if value.dim() == 3:  # token states: equal at real tokens, zero at padding
+            assert torch.allclose(cached[real], value[real], atol=1e-5)
+            assert not cached[~real].any()
+        else:  # the pooled sentence embedding
+            assert torch.allclose(cached, value, atol=1e-5)
+
+
+class _PlainDataset(_Dataset):
+    """The same examples without ``inputs``: the cache cannot read their lengths."""
+
+    def __init__(self, inputs):
+        self._inputs = inputs
+
+    def __len__(self):
+        return len(next(iter(self._inputs.values())))
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self._inputs.items()}, None
