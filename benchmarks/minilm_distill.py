@@ -14,6 +14,7 @@ they compare at an equal number of steps (fair on a busy machine too):
 
     python benchmarks/minilm_distill.py --preset plan
     python benchmarks/minilm_distill.py --preset activation --max-steps 150 --aligned 0.1
+    python benchmarks/minilm_distill.py --max-steps 600 --without augment dropout
 
 Ends with one line ``RESULT {json}``.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -108,6 +110,16 @@ def main() -> None:
     parser.add_argument("--train", default=None, help="distillation data source")
     parser.add_argument("--no-hidden", action="store_true", help="no hidden-state matching")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=JSON",
+        help="set a distill option, e.g. dropout=0.1 'augment={\"copies\": 2}'",
+    )
+    parser.add_argument(
+        "--without", nargs="*", default=[], metavar="KEY", help="drop distill options"
+    )
     args = parser.parse_args()
     stages = preset(args.preset)
     for name, options in stages:
@@ -123,6 +135,11 @@ def main() -> None:
             options["data"] = args.train
         if args.no_hidden:
             options.pop("hidden", None)
+        for key in args.without:
+            options.pop(key, None)
+        for item in args.set:
+            key, _, value = item.partition("=")
+            options[key] = json.loads(value)
 
     print_result({"preset": args.preset, **run(stages, seed=args.seed)})
 
