@@ -167,14 +167,14 @@ def test_teacher_cache_built_by_length_matches_the_plain_build(tiny_bert, tmp_pa
             assert torch.allclose(cached, value, atol=1e-5)
 
 
-class _PlainDataset(_Dataset):
+class _PlainDataset(torch.utils.data.Dataset):
     """The same examples without ``inputs``: the cache cannot read their lengths."""
 
     def __init__(self, inputs):
-        self._inputs = inputs
+        self._examples = _Dataset(inputs)
 
     def __len__(self):
-        return len(next(iter(self._inputs.values())))
+        return len(self._examples)
 
     def __getitem__(self, i):
-        return {k: v[i] for k, v in self._inputs.items()}, None
+        return self._examples[i]
