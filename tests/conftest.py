@@ -32,6 +32,27 @@ def write_plan(tmp_path: Path):
     return write
 
 
+def plan_schema_keys() -> list[str]:
+    """Every field name the plan schema knows (all stages' options included), sorted: the
+    fuzzers' vocabulary of keys, so new options are fuzzed without anyone listing them."""
+    from compressor.plan import Plan
+
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("properties"), dict):
+                names.update(node["properties"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(Plan.model_json_schema())
+    return sorted(names)
+
+
 def cnn_model_block(checkpoint: Path | None = None) -> str:
     """The ``model:`` section for the sample digits CNN (absolute checkpoint path)."""
     ckpt = checkpoint or SAMPLES / "digits_cnn" / "model.safetensors"

@@ -26,6 +26,7 @@ from safetensors.torch import save
 from compressor.architecture import ArchitectureRef
 from compressor.artifacts import save_compressed
 from sample_models.digits_mlp.model import build
+from tests.conftest import plan_schema_keys
 from tests.e2e.runs import MLP_ARCH, invoke, mlp_plan
 
 EXAMPLES = int(os.environ.get("COMPRESS_FUZZ_CLI_EXAMPLES", "300"))
@@ -59,43 +60,7 @@ def cli_on_file(suffix: str, raw: bytes, *args: str, name: str = "m"):
 # ------------------------------------------------------------------ plans
 
 PLAN_TEXT = mlp_plan("  - prune: {amount: 0.5}\n  - finetune: {epochs: 1, lr: 1.0e-3}\n")
-KEYS = [
-    "version",
-    "model",
-    "data",
-    "stages",
-    "export",
-    "bench",
-    "gates",
-    "teacher",
-    "seed",
-    "safe",
-    "device",
-    "checkpoint",
-    "architecture",
-    "kwargs",
-    "inputs",
-    "trust_pickle",
-    "train",
-    "eval",
-    "metric",
-    "prune",
-    "finetune",
-    "amount",
-    "criterion",
-    "epochs",
-    "lr",
-    "shape",
-    "dtype",
-    "formats",
-    "onnx",
-    "opset",
-    "x",
-    "0",
-    "1",
-    "-1",
-    "99",
-]
+KEYS = [*plan_schema_keys(), "x", "0", "1", "-1", "99"]  # + keys no schema has
 yaml_scalars = st.one_of(
     st.sampled_from(
         [

@@ -20,7 +20,7 @@ from safetensors.torch import save
 from compressor.checkpoint import read_tensor_mapping
 from compressor.errors import CheckpointError, CompressError, PlanError
 from compressor.plan_io import load_plan
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, plan_schema_keys
 
 FUZZ = settings(
     max_examples=int(os.environ.get("COMPRESS_FUZZ_EXAMPLES", "500")),
@@ -54,33 +54,7 @@ values = st.recursive(
     ),
     max_leaves=12,
 )
-KEYS = [
-    "version",
-    "model",
-    "data",
-    "stages",
-    "export",
-    "bench",
-    "gates",
-    "teacher",
-    "seed",
-    "checkpoint",
-    "architecture",
-    "inputs",
-    "prune",
-    "finetune",
-    "amount",
-    "target",
-    "criterion",
-    "epochs",
-    "lr",
-    "shape",
-    "dtype",
-    "formats",
-    "onnx",
-    "opset",
-    "x",
-]
+KEYS = [*plan_schema_keys(), "x"]  # and a key no schema has
 
 
 def _mutate(data, path, value):
