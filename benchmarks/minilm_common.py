@@ -11,6 +11,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "sample_models" / "minilm" / "plan.yaml"
+# Out-of-domain English for every MiniLM benchmark: 500 standard-library docstring sentences.
+OOD = "builtin:docstrings?limit=500&seed=0"
 
 
 def machine_load() -> str:

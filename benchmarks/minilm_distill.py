@@ -34,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.minilm_common import (
+    OOD,
     PLAN,
     embed,
     fidelity,
@@ -41,8 +42,6 @@ from benchmarks.minilm_common import (
     print_result,
     text_dataset,
 )
-
-OOD = "builtin:docstrings?limit=500&seed=0"
 
 
 def plan_stages() -> list[tuple[str, dict[str, Any]]]:

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.minilm_common import (
+    OOD,
     PLAN,
     embed,
     fidelity,
@@ -33,8 +34,6 @@ from benchmarks.minilm_common import (
     print_result,
     text_dataset,
 )
-
-OOD = "builtin:docstrings?limit=500&seed=0"
 
 
 def safetensors_bytes(ctx, model, before) -> int:

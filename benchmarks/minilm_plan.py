@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.minilm_common import (
+    OOD,
     PLAN,
     Stopwatch,
     embed,
@@ -34,8 +35,6 @@ from benchmarks.minilm_common import (
     machine_load,
     print_result,
 )
-
-OOD = "builtin:docstrings?limit=500&seed=0"
 
 
 def _dataset(layout, source: str, tokenize):
