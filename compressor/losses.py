@@ -298,9 +298,7 @@ class DistillObjective:
         changed = []
         mask = token_mask(self.calibration.inputs)
         for key, s_name, t_name in self.pairs:
-            s_rows, t_rows = real_rows(
-                feature_rows(s_feats[s_name]), feature_rows(t_feats[t_name]), mask
-            )
+            s_rows, t_rows = _paired_rows(key, s_feats[s_name], t_feats[t_name], mask)
             existing = dict(self.projections.items()).get(key)
             width = s_rows.shape[1]
             if (existing.in_features if existing is not None else t_rows.shape[1]) == width:
@@ -311,22 +309,9 @@ class DistillObjective:
 
     def _rows(self, key: str, s_feat: torch.Tensor, t_feat: torch.Tensor, mask=None):
         """Row matrices of a matched pair (the student's projected), real tokens only."""
-        s_rows, t_rows = feature_rows(s_feat), feature_rows(t_feat)
-        if s_rows.shape[0] != t_rows.shape[0]:
-            raise StageError(
-                f"cannot match student and teacher layers ({key}): shapes "
-                f"{tuple(s_feat.shape)} and {tuple(t_feat.shape)}",
-                hint="match layers with the same number of positions (tokens, pixels)",
-            )
-        s_rows, t_rows = real_rows(s_rows, t_rows, mask)
+        s_rows, t_rows = _paired_rows(key, s_feat, t_feat, mask)
         if key in self.projections:
             s_rows = self.projections[key](s_rows)
-        if s_rows.shape != t_rows.shape:
-            raise StageError(
-                f"cannot match student and teacher layers ({key}): shapes "
-                f"{tuple(s_feat.shape)} and {tuple(t_feat.shape)}",
-                hint="match layers with the same number of positions (tokens, pixels)",
-            )
         return s_rows, t_rows
 
     def __call__(self, student: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -378,6 +363,23 @@ class DistillObjective:
             )
         total = sum(w * v for _, w, v in terms)
         return total, {name: float(v.detach()) for name, _, v in terms}
+
+
+def _paired_rows(key: str, s_feat: torch.Tensor, t_feat: torch.Tensor, mask: Any):
+    """``(rows, features)`` of a student and a teacher layer, real tokens only.
+
+    Raises:
+        StageError: the layers have different numbers of positions (a conv map paired with
+            a pooled layer, say), which no projection can bridge.
+    """
+    s_rows, t_rows = feature_rows(s_feat), feature_rows(t_feat)
+    if s_rows.shape[0] != t_rows.shape[0]:
+        raise StageError(
+            f"cannot match student and teacher layers ({key}): shapes "
+            f"{tuple(s_feat.shape)} and {tuple(t_feat.shape)}",
+            hint="match layers with the same number of positions (tokens, pixels)",
+        )
+    return real_rows(s_rows, t_rows, mask)
 
 
 def _resolve_pair(pair: Any, student: nn.Module, teacher: nn.Module):

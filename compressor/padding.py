@@ -67,8 +67,8 @@ def real_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the rows of real tokens of ``(batch*tokens, features)`` row matrices made from
     ``(batch, tokens, features)`` maps; anything else passes unchanged."""
-    if mask is None or student.shape[0] != mask.numel():
-        return student, teacher
+    if mask is None or not student.shape[0] == teacher.shape[0] == mask.numel():
+        return student, teacher  # not token rows of this batch (a mismatch is reported later)
     keep = mask.reshape(-1)
     if not bool(keep.any()):
         return student, teacher

@@ -216,6 +216,14 @@ def test_hidden_layer_patterns_pair_in_order_and_must_agree(cnn):
     assert ctx.stage_report["projections"] == ["cc"]  # 8 student units, 128 teacher units
     with pytest.raises(StageError, match="no module named 'blok1'"):
         run(ctx, model, max_steps=1, hidden={"layers": ["blok1"]})
+    # A conv map (a row per pixel) cannot be matched to a pooled layer (a row per example).
+    with pytest.raises(StageError, match=r"cannot match student and teacher layers \(hidden0\)"):
+        run(
+            ctx,
+            model,
+            max_steps=1,
+            hidden={"layers": [{"student": "block1.conv2", "teacher": "fc1"}]},
+        )
 
 
 # ------------------------------------------------------------ data-free and few-shot
