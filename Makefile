@@ -36,6 +36,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check cli compressor tests sample_models benchmarks
 	$(VENV)/bin/ruff format --check cli compressor tests sample_models benchmarks
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format cli compressor tests sample_models benchmarks

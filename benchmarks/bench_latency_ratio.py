@@ -7,7 +7,7 @@ model
 
 * with a plain loop written here (blocks of calls, A then B, alternating which goes first;
   median of each), and
-* with `compress bench` (compressor.bench.bench_paths: interleaved rounds, p50),
+* with `compress bench` (compressor.measure.bench.bench_paths: interleaved rounds, p50),
 
 in onnxruntime and torch eager at the plan's batch sizes, with the same thread count.
 Prints a table and ends with one line `RESULT {json}`. The two ratios should agree within the
@@ -29,14 +29,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from compressor.bench import bench_paths
-from compressor.export import OnnxModel, load
-from compressor.latency import physical_cores
-from compressor.modeling import resize_batch
-from compressor.onnx_export import export_onnx
-from compressor.plan import OnnxSpec
-from compressor.plan_io import load_plan
-from compressor.runner import run_plan
+from compressor.formats.onnx.export import export_onnx
+from compressor.formats.onnx.session import OnnxModel
+from compressor.formats.reload import load
+from compressor.forward import resize_batch
+from compressor.measure.bench import bench_paths
+from compressor.measure.latency import physical_cores
+from compressor.plan.load import load_plan
+from compressor.run.runner import run_plan
+from compressor.spec.sections import OnnxSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = {"digits_cnn": [1, 64], "text_transformer": [1, 32]}
@@ -81,7 +82,7 @@ def independent(
     rounds: int,
 ) -> dict[str, dict[str, float]]:
     """The ratio from the plain loop, per runtime and batch size."""
-    from compressor.checkpoint import example_inputs, load_model
+    from compressor.formats.loading import example_inputs, load_model
 
     loaded_plan = load_plan(plan_path)
     original = load_model(loaded_plan.plan.model, loaded_plan.base_dir).model.eval()

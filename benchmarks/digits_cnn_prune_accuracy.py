@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from compressor.context import RunContext, context_for_plan
-from compressor.modeling import count_macs
+from compressor.counting import count_macs
+from compressor.run.context import RunContext, context_for_plan
 from compressor.stages import finetune, prune
 
 PLAN = Path(__file__).resolve().parents[1] / "sample_models" / "digits_cnn" / "plan.yaml"

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from compressor.context import RunContext, context_for_plan
-from compressor.modeling import count_macs, count_params
+from compressor.counting import count_macs, count_params
+from compressor.run.context import RunContext, context_for_plan
 from compressor.stages.registry import get_stage
 
 ROOT = Path(__file__).resolve().parents[1]

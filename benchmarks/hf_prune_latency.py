@@ -24,15 +24,16 @@ from pathlib import Path
 
 import torch
 
-from compressor.checkpoint import load_model
-from compressor.context import DataBundle, RunContext
-from compressor.export import ort_session
-from compressor.hf_export import save_hf_folder
-from compressor.latency import environment, ort_callable, physical_cores, time_interleaved
-from compressor.modeling import count_macs, count_params
-from compressor.onnx_export import export_onnx
-from compressor.plan import OnnxSpec
-from compressor.plan_io import load_plan
+from compressor.counting import count_macs, count_params
+from compressor.data.bundle import DataBundle
+from compressor.formats.hf.save import save_hf_folder
+from compressor.formats.loading import load_model
+from compressor.formats.onnx.export import export_onnx
+from compressor.formats.onnx.session import ort_session
+from compressor.measure.latency import environment, ort_callable, physical_cores, time_interleaved
+from compressor.plan.load import load_plan
+from compressor.run.context import RunContext
+from compressor.spec.sections import OnnxSpec
 from compressor.stages import prune
 
 VARIANTS = {

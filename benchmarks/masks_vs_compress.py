@@ -30,11 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as torch_prune
 
-from compressor.export import ort_session
-from compressor.latency import physical_cores
-from compressor.modeling import count_macs, count_params
-from compressor.onnx_export import export_onnx
-from compressor.plan import OnnxSpec
+from compressor.counting import count_macs, count_params
+from compressor.formats.onnx.export import export_onnx
+from compressor.formats.onnx.session import ort_session
+from compressor.measure.latency import physical_cores
+from compressor.spec.sections import OnnxSpec
 from compressor.stages import prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -54,7 +54,7 @@ def fidelity(student_out: Any, teacher_out: Any) -> dict[str, float]:
     """Mean cosine to the teacher and Spearman of the pairwise-similarity matrices."""
     import torch.nn.functional as F
 
-    from compressor.metrics import pairwise_similarity_spearman
+    from compressor.measure.metrics import pairwise_similarity_spearman
 
     return {
         "cosine": round(float(F.cosine_similarity(student_out, teacher_out).mean()), 4),
@@ -64,7 +64,7 @@ def fidelity(student_out: Any, teacher_out: Any) -> dict[str, float]:
 
 def text_dataset(ctx: Any, source: str, tokenizer: Any = None):
     """A text data source tokenised for the run's model (or with ``tokenizer``)."""
-    from compressor.data import load_source, parse_source
+    from compressor.data.sources import load_source, parse_source
 
     tok = tokenizer or ctx.data.tokenizer
     return load_source(parse_source(source), ctx.data.layout, tokenizer=tok)

@@ -46,7 +46,7 @@ from benchmarks.minilm_common import (
 
 def plan_stages() -> list[tuple[str, dict[str, Any]]]:
     """The shipped plan's stages before vocabulary pruning, as ``(name, options)``."""
-    from compressor.plan_io import load_plan
+    from compressor.plan.load import load_plan
 
     plan = load_plan(PLAN).plan
     stages = []

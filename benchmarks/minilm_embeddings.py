@@ -37,8 +37,8 @@ from benchmarks.minilm_common import (
 
 
 def safetensors_bytes(ctx, model, before) -> int:
-    from compressor.artifacts import save_compressed
-    from compressor.structure import diff
+    from compressor.formats.compacted import save_compressed
+    from compressor.formats.manifest import diff
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
@@ -50,8 +50,8 @@ def safetensors_bytes(ctx, model, before) -> int:
 def variant(options: dict) -> dict:
     """Apply one embeddings-stage config to a fresh original and measure it."""
     from benchmarks.distill_common import make_context, run_stages
-    from compressor.hf import input_embedding
-    from compressor.structure import snapshot
+    from compressor.formats.hf.model import input_embedding
+    from compressor.formats.manifest import snapshot
 
     ctx, model = make_context(PLAN)
     teacher = ctx.original

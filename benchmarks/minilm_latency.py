@@ -34,10 +34,10 @@ def main() -> None:
     parser.add_argument("--compressed", type=Path, default=None, help="a finished run's ONNX")
     args = parser.parse_args()
     from benchmarks.distill_common import make_context, run_stages
-    from compressor.latency import Subject, measure
-    from compressor.modeling import count_macs, count_params
-    from compressor.onnx_export import export_onnx
-    from compressor.plan import BenchSpec, OnnxSpec
+    from compressor.counting import count_macs, count_params
+    from compressor.formats.onnx.export import export_onnx
+    from compressor.measure.latency import Subject, measure
+    from compressor.spec.sections import BenchSpec, OnnxSpec
 
     ctx, model = make_context(PLAN)
     example = {k: v[: args.batch] for k, v in ctx.example_inputs(args.batch).items()}

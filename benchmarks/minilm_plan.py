@@ -38,13 +38,13 @@ from benchmarks.minilm_common import (
 
 
 def _dataset(layout, source: str, tokenize):
-    from compressor.data import load_source, parse_source
+    from compressor.data.sources import load_source, parse_source
 
     return load_source(parse_source(source), layout, tokenizer=tokenize)
 
 
 def measure_fidelity(model, original, original_tokenize, layout) -> dict:
-    from compressor.hf import model_tokenizer
+    from compressor.formats.hf.tokenizer import model_tokenizer
 
     tokenize = model_tokenizer(model) or original_tokenize  # the rewritten one if any
     out = {}
@@ -62,10 +62,10 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     from compressor import load
-    from compressor.checkpoint import load_model
-    from compressor.data import InputLayout
-    from compressor.plan_io import load_plan
-    from compressor.runner import run_plan
+    from compressor.data.batches import InputLayout
+    from compressor.formats.loading import load_model
+    from compressor.plan.load import load_plan
+    from compressor.run.runner import run_plan
 
     load_before = machine_load()
     clock = Stopwatch()

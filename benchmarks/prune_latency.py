@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 
-from compressor.export import ort_session
-from compressor.latency import environment, ort_callable, physical_cores, time_interleaved
-from compressor.modeling import count_macs, count_params, resize_batch
-from compressor.onnx_export import export_onnx
-from compressor.plan import OnnxSpec
+from compressor.counting import count_macs, count_params
+from compressor.formats.onnx.export import export_onnx
+from compressor.formats.onnx.session import ort_session
+from compressor.forward import resize_batch
+from compressor.measure.latency import environment, ort_callable, physical_cores, time_interleaved
+from compressor.spec.sections import OnnxSpec
 from compressor.stages import prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

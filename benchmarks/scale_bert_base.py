@@ -78,14 +78,15 @@ def main() -> None:
 
     from transformers import BertConfig, BertModel
 
-    from compressor.checkpoint import load_model
-    from compressor.context import DataBundle, RunContext
-    from compressor.export import export_model
+    from compressor.counting import count_params
+    from compressor.data.bundle import DataBundle
+    from compressor.formats.export import export_model
+    from compressor.formats.loading import load_model
+    from compressor.formats.manifest import diff, snapshot
     from compressor.graph import StructureGraph
-    from compressor.modeling import count_params
-    from compressor.plan_io import load_plan
+    from compressor.plan.load import load_plan
+    from compressor.run.context import RunContext
     from compressor.stages.registry import get_stage
-    from compressor.structure import diff, snapshot
 
     torch.manual_seed(0)
     baseline_mb = rss_kb() / 1024

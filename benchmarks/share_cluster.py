@@ -24,7 +24,7 @@ import torch
 
 import compressor
 from benchmarks.share_common import context, run_share
-from compressor.artifacts import save_compressed
+from compressor.formats.compacted import save_compressed
 
 
 def measure(name: str, ks: list[int]) -> list[dict]:

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 from pydantic import TypeAdapter
 
-from compressor.context import RunContext, context_for_plan
-from compressor.modeling import call_model
+from compressor.forward import call_model
+from compressor.run.context import RunContext, context_for_plan
 from compressor.stages import finetune, prune, share
 from compressor.stages.registry import get_stage
 

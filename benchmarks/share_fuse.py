@@ -30,10 +30,10 @@ import torch
 
 import compressor
 from benchmarks.share_common import context, run_finetune, run_share
-from compressor.artifacts import save_compressed
-from compressor.modeling import count_params
-from compressor.onnx_export import export_onnx
-from compressor.plan import OnnxSpec
+from compressor.counting import count_params
+from compressor.formats.compacted import save_compressed
+from compressor.formats.onnx.export import export_onnx
+from compressor.spec.sections import OnnxSpec
 
 FUSE = {
     "method": "fuse-layers",

@@ -34,8 +34,8 @@ from benchmarks.share_common import (
     run_prune,
     run_share,
 )
-from compressor.modeling import count_params
-from compressor.sharing.units import recalibrate_norms
+from compressor.counting import count_params
+from compressor.stages.share.units import recalibrate_norms
 
 VARIANTS = {
     "merge": {},

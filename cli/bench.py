@@ -77,8 +77,8 @@ def bench(
 ) -> None:
     """Measure models side by side: params, MACs, size, peak memory, latency, metric."""
     with handle_errors(debug):
-        from compressor.bench import bench_paths
-        from compressor.report import render_bench_table
+        from compressor.measure.bench import bench_paths
+        from compressor.measure.tables import render_bench_table
 
         overrides = {
             "runtimes": runtime,
@@ -92,7 +92,7 @@ def bench(
             "memory": False if no_memory else None,
         }
         log = (lambda _m: None) if quiet else (lambda m: console.print(f"[dim]{m}[/]"))
-        from compressor.architecture import allowed_imports
+        from compressor.safe_import import allowed_imports
 
         with allowed_imports(allow_import):
             result = bench_paths(
@@ -109,7 +109,7 @@ def bench(
             )
         console.print(render_bench_table(result))
         if json_out is not None:
-            from compressor.artifacts import write_json_atomic
+            from compressor.files.atomic import write_json_atomic
 
             write_json_atomic(json_out, result)
             console.print(f"wrote {json_out}")

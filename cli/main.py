@@ -35,7 +35,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from compressor import __version__
+        from compressor.version import __version__
 
         typer.echo(f"compress {__version__}")
         raise typer.Exit()
@@ -81,11 +81,11 @@ def run(
 ) -> None:
     """Run a plan: load, compress, export, measure, check gates."""
     if nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from compressor.distributed import launch
+        from compressor.training.distributed import launch
 
         raise typer.Exit(launch(nproc, _without_option(sys.argv[1:], "--nproc")))
     with sigterm_as_interrupt(), handle_errors(debug):
-        from compressor.plan_io import load_plan
+        from compressor.plan.load import load_plan
 
         overrides = list(set_ or [])
         if safe:
@@ -96,7 +96,7 @@ def run(
         if dry_run:
             print_plan_summary(loaded, out)
             return
-        from compressor.runner import run_plan
+        from compressor.run.runner import run_plan
 
         result = run_plan(
             loaded,
@@ -130,7 +130,7 @@ def _without_option(argv: list[str], option: str) -> list[str]:
 
 
 def _parse_gates(items: list[str]) -> dict[str, float]:
-    from compressor.plan import GatesSpec
+    from compressor.spec.sections import GatesSpec
 
     gates: dict[str, float] = {}
     for item in items:
@@ -157,7 +157,7 @@ def validate(
 ) -> None:
     """Check a plan against the schema and its files; do no work. Exit 2 lists every problem."""
     with handle_errors(debug):
-        from compressor.plan_io import load_plan
+        from compressor.plan.load import load_plan
 
         overrides = [*(set_ or []), *(["safe=true"] if safe else [])]
         loaded = load_plan(plan, overrides, allowed_imports=list(allow_import or []))
@@ -170,11 +170,11 @@ def schema(
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file.")] = None,
 ) -> None:
     """Print the plan's JSON Schema (for editor autocompletion)."""
-    from compressor.plan import Plan
+    from compressor.plan.schema import Plan
 
     text = json.dumps(Plan.model_json_schema(), indent=2)
     if out:
-        from compressor.artifacts import write_text_atomic
+        from compressor.files.atomic import write_text_atomic
 
         write_text_atomic(out, text + "\n")
         console.print(f"wrote {out}")
@@ -196,12 +196,12 @@ def init(
 ) -> None:
     """Write a commented starter plan for CHECKPOINT."""
     with handle_errors(debug):
-        from compressor.starter import starter_plan
+        from compressor.plan.starter import starter_plan
 
         if out.exists() and not force:
             fail(f"{out} already exists (use --force to overwrite)")
         text = starter_plan(checkpoint, architecture, plan_dir=out.resolve().parent)
-        from compressor.artifacts import write_text_atomic
+        from compressor.files.atomic import write_text_atomic
 
         write_text_atomic(out, text)
         console.print(f"wrote {out}; check it with: compress validate {out}")
@@ -225,7 +225,7 @@ def inspect(
     """Show modules, parameters, MACs at the example input, and file size."""
     with handle_errors(debug):
         from cli.output import print_inspection
-        from compressor.inspection import inspect_target
+        from compressor.measure.inspect import inspect_target
 
         print_inspection(
             inspect_target(

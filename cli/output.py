@@ -12,12 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from compressor.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNTIME
+
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-EXIT_BAD_INPUT = 2
-EXIT_RUNTIME = 3
-EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -106,7 +105,7 @@ def _escape(text: str) -> str:
 def print_plan_summary(loaded: Any, out: Path | None) -> None:
     import yaml
 
-    from compressor.runner import default_out_dir
+    from compressor.run.runner import default_out_dir
 
     plan = loaded.plan
     data = plan.model_dump(mode="json", exclude_none=True)
@@ -135,7 +134,7 @@ def _fmt_num(n: float | None) -> str:
 
 
 def print_run_result(result: Any) -> None:
-    from compressor.report import render_summary_table
+    from compressor.measure.tables import render_summary_table
 
     report = result.report
     if not report:

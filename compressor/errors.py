@@ -170,3 +170,16 @@ def disk_full_in(error: CompressError) -> CompressError:
         hint="free disk space or choose another --out; finished stages are kept, so rerun "
         "with --resume",
     )
+
+
+def first_line(text: str) -> str:
+    """The line of an error message that names its cause."""
+    # torch.export errors are long; their "Exception summary" line is what names the cause.
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    start = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("## Exception summary")), 0)
+    if start >= len(lines):
+        return "no details"
+    found = lines[start]
+    if found.endswith(":") and start + 1 < len(lines):  # "...were found:" + the first one
+        found += " " + lines[start + 1]
+    return found[:400]

@@ -35,7 +35,7 @@ def write_plan(tmp_path: Path):
 def plan_schema_keys() -> list[str]:
     """Every field name the plan schema knows (all stages' options included), sorted: the
     fuzzers' vocabulary of keys, so new options are fuzzed without anyone listing them."""
-    from compressor.plan import Plan
+    from compressor.plan.schema import Plan
 
     names: set[str] = set()
 

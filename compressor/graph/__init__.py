@@ -2,7 +2,7 @@
 
     graph = StructureGraph(model, example_inputs, ignore=["head"])
     for group in graph.prunable():          # coupled channel groups and attention-head groups
-        ...                                 # score units (compressor.importance), choose some
+        ...                                 # score units (compressor.graph.importance), choose some
     graph.remove(group, units)              # physically smaller tensors, attributes updated
     graph.verify()                          # outputs keep their shapes
     graph.history                           # [{module, dim, kept, size_before, ...}]
@@ -27,8 +27,8 @@ from compressor.graph.groups import (
     UnitGroup,
 )
 from compressor.graph.probe import WidthProbe, count_prunable_groups
-from compressor.graph.select import check_amounts, check_pattern, first_match, matches
 from compressor.graph.support import check_supported, flatten_tensors
+from compressor.patterns import check_amounts, check_pattern, first_match, matches
 
 __all__ = [
     "CHANNELS",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from compressor.graph.layers import is_linear, out_features
-from compressor.modules import HeadPrunedMHA
+from compressor.rebuildable import HeadPrunedMHA
 
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head")
@@ -114,7 +114,7 @@ def block_prefix(name: str) -> str:
 
 def swap_multihead_attention(model: nn.Module, skip: Callable[[str], bool]) -> list[str]:
     """Replace each ``nn.MultiheadAttention`` (not skipped) by an equivalent
-    :class:`~compressor.modules.HeadPrunedMHA`, in place. Returns the names replaced.
+    :class:`~compressor.rebuildable.HeadPrunedMHA`, in place. Returns the names replaced.
 
     torch's module cannot have an inner width other than its ``embed_dim``, so its heads can
     only go once it is in this form; the function computed is unchanged. Modules using

@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import StageError
-from compressor.graph.select import matches
 from compressor.graph.support import flatten_tensors
+from compressor.patterns import matches
 
 LAYER_INDEX_ATTRS = ("layer_idx", "layer_id", "layer_index")
 PARENT_COUNT_ATTRS = ("n_layers", "num_layers", "num_hidden_layers", "n_layer", "depth")
@@ -275,7 +275,7 @@ def drop_blocks(model: nn.Module, removals: Mapping[str, Iterable[int]]) -> list
 def sync_configs(model: nn.Module, manifest: Iterable[Mapping[str, Any]]) -> None:
     """Replay the config side of depth pruning on a model rebuilt from a structure manifest:
     for every ``keep_items`` op on a block stack, the Hugging Face config's layer count and
-    per-layer lists follow (``compressor.structure.apply_manifest`` replays only modules)."""
+    per-layer lists follow (``compressor.formats.manifest.apply_manifest`` replays only modules)."""
     for op in manifest:
         if op.get("op") != "keep_items" or not op.get("module"):
             continue

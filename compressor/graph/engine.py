@@ -7,7 +7,7 @@ This module adds what a compression tool needs on top:
 
 * whole attention heads as units, with ``num_heads``/``all_head_size``-style attributes kept
   true (``compressor.graph.attention``); torch's ``nn.MultiheadAttention`` is first swapped
-  for an equivalent :class:`~compressor.modules.HeadPrunedMHA` (its inner width is otherwise
+  for an equivalent :class:`~compressor.rebuildable.HeadPrunedMHA` (its inner width is otherwise
   tied to the hidden size);
 * protection: the model's outputs and inputs keep their shapes, the hidden size (embedding
   width / residual stream of a transformer) stays unless ``prune_hidden``, and ``ignore``d
@@ -52,7 +52,6 @@ from compressor.graph.groups import (
     role_of,
 )
 from compressor.graph.layers import transposed_linear_types
-from compressor.graph.select import matches
 from compressor.graph.support import (
     check_supported,
     flatten_tensors,
@@ -61,6 +60,7 @@ from compressor.graph.support import (
     unsupported_reason,
 )
 from compressor.graph.tracing import DependencyGraph
+from compressor.patterns import matches
 
 _ROOT_TYPES = (_ConvNd, nn.Linear, nn.Embedding)
 
@@ -70,7 +70,7 @@ class StructureGraph:
 
     Args:
         model: edited in place. Each ``nn.MultiheadAttention`` not ignored is swapped for an
-            equivalent :class:`~compressor.modules.HeadPrunedMHA` right away.
+            equivalent :class:`~compressor.rebuildable.HeadPrunedMHA` right away.
         example_inputs: named inputs; the graph is traced by ``model(**example_inputs)``.
         ignore: module names or ``re:`` patterns never to touch (with everything inside them).
         prune_hidden: also offer the hidden size (embedding width, transformer residual

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.nn as nn
 
+from compressor.counting import count_macs, count_params
 from compressor.errors import CompressError
 from compressor.graph.engine import StructureGraph
-from compressor.modeling import count_macs, count_params
 
 
 def meta_copy(model: nn.Module) -> nn.Module:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from compressor.modeling import call_model, primary_output
-from compressor.regularization import AlignedConfig, AlignedRegularizer
+from compressor.forward import call_model, primary_output
 from compressor.stages.registry import register_stage
-from compressor.training import TrainingOptions, task_loss, train
+from compressor.training.aligned import AlignedConfig, AlignedRegularizer
+from compressor.training.loop import TrainingOptions, task_loss, train
 
 
 class FinetuneConfig(TrainingOptions):

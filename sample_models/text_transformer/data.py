@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from compressor.data import NamedTensorDataset
+from compressor.data.batches import NamedTensorDataset
 
 HERE = Path(__file__).parent
 TOPICS = (

@@ -37,7 +37,7 @@ def bench(*args: str):
 @pytest.fixture(scope="module")
 def compacted_files(tmp_path_factory) -> tuple[Path, Path]:
     """A compacted digits MLP written by export_model: (model.safetensors, model.onnx)."""
-    from compressor.export import export_model
+    from compressor.formats.export import export_model
     from tests.unit.export.helpers import compact_mlp, mlp_context
 
     folder = tmp_path_factory.mktemp("bench")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from compressor import distributed
-from compressor.plan_io import load_plan
-from compressor.runner import run_plan
+from compressor.plan.load import load_plan
+from compressor.run.runner import run_plan
+from compressor.training import distributed
 from tests.conftest import ROOT, SAMPLES
 
 PLAN = SAMPLES / "digits_cnn" / "plan_distill.yaml"

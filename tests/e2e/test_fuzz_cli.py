@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from compressor.architecture import ArchitectureRef
-from compressor.artifacts import save_compressed
+from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.compacted import save_compressed
 from sample_models.digits_mlp.model import build
 from tests.conftest import plan_schema_keys
 from tests.e2e.runs import MLP_ARCH, invoke, mlp_plan

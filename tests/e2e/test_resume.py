@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor.safetensors_header import read_header
+from compressor.files.safetensors_header import read_header
 from tests.e2e.runs import (
     ROOT,
     assert_fails_cleanly,
@@ -343,6 +343,7 @@ def test_an_export_that_fails_leaves_no_earlier_artifacts_beside_it(tmp_path, mo
     plan, out = quick_plan(tmp_path), tmp_path / "out"
     assert invoke("run", plan, "--out", out, "--no-bench").exit_code == 0
     import compressor.export
+
     from compressor.errors import ExportError
 
     def broken(*args, **kwargs):
@@ -374,7 +375,7 @@ def test_a_writer_killed_mid_write_leaves_only_a_hidden_temporary(tmp_path):
 
 
 def test_published_files_get_the_usual_permissions(tmp_path):
-    from compressor.artifacts import write_text_atomic
+    from compressor.files.atomic import write_text_atomic
 
     previous = os.umask(0o022)
     try:
@@ -406,7 +407,7 @@ def test_the_same_model_gives_the_same_bytes_in_every_process(tmp_path):
 
 def test_lock_is_released_by_the_kernel_when_its_holder_dies(tmp_path):
     from compressor.errors import RunLockedError
-    from compressor.runner import OutputLock
+    from compressor.run.lock import OutputLock
 
     code = (
         "import os, sys\n"
@@ -425,7 +426,7 @@ def test_lock_is_released_by_the_kernel_when_its_holder_dies(tmp_path):
 
 def test_exclusive_create_lock_where_flock_is_missing(tmp_path):
     from compressor.errors import RunLockedError
-    from compressor.runner import OutputLock
+    from compressor.run.lock import OutputLock
 
     first = OutputLock(tmp_path)._enter_by_exclusive_create()
     with pytest.raises(RunLockedError, match=rf"\(pid {os.getpid()}\)"):

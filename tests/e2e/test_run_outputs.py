@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from compressor.export import load
+from compressor.formats.reload import load
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = ["model.onnx", "model.safetensors", "report.json", "report.md", "report.png"]
@@ -39,8 +39,9 @@ def run(*args: str):
 
 
 def eval_accuracy(model) -> float:
-    from compressor.data import InputLayout, load_source, parse_source
-    from compressor.plan import InputSpec
+    from compressor.data.batches import InputLayout
+    from compressor.data.sources import load_source, parse_source
+    from compressor.spec.sections import InputSpec
 
     layout = InputLayout.from_specs({"x": InputSpec(shape=[1, 64])})
     data = load_source(parse_source("builtin:digits?split=test"), layout)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compressor.architecture import ArchitectureRef
-from compressor.artifacts import save_compressed
+from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.compacted import save_compressed
 from sample_models.digits_mlp.model import build
 from tests.e2e.runs import (
     MLP_ARCH,
@@ -90,9 +90,9 @@ def test_trust_pickle_is_refused_in_safe_mode_even_at_run_time(tmp_path):
         "run", plan, "--out", tmp_path / "out", "--safe", "--allow-import", "sample_models"
     )
     assert_fails_cleanly(result, 2, "model.trust_pickle", "safe mode refuses unpickling")
-    from compressor.checkpoint import load_model
     from compressor.errors import CheckpointError
-    from compressor.plan_io import load_plan
+    from compressor.formats.loading import load_model
+    from compressor.plan.load import load_plan
 
     loaded = load_plan(plan, ["safe=false"])  # a plan that passed validation without --safe
     with pytest.raises(CheckpointError, match="safe mode refuses"):
@@ -106,8 +106,8 @@ def test_trusted_pickle_does_run_without_safe_mode(tmp_path):
     plan = plan_for(tmp_path, evil, model_extra="  trust_pickle: true\n")
     result = invoke("run", plan, "--out", tmp_path / "out", "--dry-run")
     assert result.exit_code == 0
-    from compressor.checkpoint import load_model
-    from compressor.plan_io import load_plan
+    from compressor.formats.loading import load_model
+    from compressor.plan.load import load_plan
 
     loaded = load_plan(plan)
     with pytest.warns(UserWarning, match="runs code stored in the file"):

@@ -10,10 +10,11 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
-from compressor.architecture import ArchitectureRef
-from compressor.artifacts import atomic_path, load_compressed, read_metadata, save_compressed
 from compressor.errors import CheckpointError
-from compressor.structure import diff, snapshot
+from compressor.files.atomic import atomic_path
+from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.compacted import load_compressed, read_metadata, save_compressed
+from compressor.formats.manifest import diff, snapshot
 from sample_models.digits_mlp.model import build as build_mlp
 from sample_models.text_transformer.model import build as build_text
 

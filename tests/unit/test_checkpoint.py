@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compressor.architecture import ArchitectureRef
-from compressor.artifacts import save_compressed
-from compressor.checkpoint import load_model
 from compressor.errors import CheckpointError
-from compressor.plan import ModelSpec
+from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.compacted import save_compressed
+from compressor.formats.loading import load_model
+from compressor.spec.sections import ModelSpec
 from sample_models.digits_cnn.model import build
 from tests.conftest import SAMPLES
 

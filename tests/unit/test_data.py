@@ -9,17 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from compressor.data import (
-    InputLayout,
-    collate,
-    few_shot_subset,
-    load_source,
-    make_loader,
-    parse_source,
-)
+from compressor.data.batches import InputLayout, collate, few_shot_subset, make_loader
+from compressor.data.sources import load_source, parse_source
+from compressor.data.tokenization import load_tokenizer
 from compressor.errors import DataError
-from compressor.plan import InputSpec
-from compressor.tokenization import load_tokenizer
+from compressor.spec.sections import InputSpec
 from tests.conftest import SAMPLES
 
 IMAGE = InputLayout.from_specs({"x": InputSpec(shape=[1, 1, 8, 8])})

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from compressor.checkpoint import read_tensor_mapping
 from compressor.errors import CheckpointError, CompressError, PlanError
-from compressor.plan_io import load_plan
+from compressor.files.tensors import read_tensor_mapping
+from compressor.plan.load import load_plan
 from tests.conftest import SAMPLES, plan_schema_keys
 
 FUZZ = settings(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from compressor import distributed
 from compressor.errors import StageError
-from compressor.latency import DeviceTime, time_interleaved, torch_callable
-from compressor.runner import resolve_device, run_environment
-from compressor.training import autocast_context
+from compressor.measure.latency import DeviceTime, time_interleaved, torch_callable
+from compressor.run.environment import resolve_device, run_environment
+from compressor.training import distributed
+from compressor.training.loop import autocast_context
 
 
 def test_cuda_without_gpu_is_a_clear_bad_input(monkeypatch):

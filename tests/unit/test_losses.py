@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compressor.errors import StageError
-from compressor.losses import (
+from compressor.stages.distill.losses import (
     batch_normalize,
     cross_correlation_loss,
     cross_correlation_matrix,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from compressor.errors import PlanError
-from compressor.plan import Plan
-from compressor.plan_io import apply_overrides, load_plan, parse_yaml
+from compressor.plan.load import load_plan
+from compressor.plan.parse import apply_overrides, parse_yaml
+from compressor.plan.schema import Plan
 from tests.conftest import SAMPLES, cnn_model_block
 
 SHIPPED = sorted(SAMPLES.glob("*/plan*.yaml"))
@@ -127,7 +128,7 @@ def test_set_rejects_a_path_into_a_missing_list_item(write_plan):
 
 
 def test_override_creates_nested_mappings():
-    from compressor.plan_io import SourceMap
+    from compressor.plan.parse import SourceMap
 
     data = {"model": {}}
     apply_overrides(data, ["gates.min_speedup=1.5"], SourceMap("p"))

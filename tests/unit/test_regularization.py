@@ -11,9 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from compressor.errors import StageError
-from compressor.regularization import AlignedConfig, AlignedRegularizer, kept_indices, match_units
 from compressor.stages import finetune
 from compressor.stages.finetune import FinetuneConfig
+from compressor.training.aligned import AlignedConfig, AlignedRegularizer, kept_indices, match_units
 
 
 class MLP(nn.Module):
@@ -202,10 +202,12 @@ def test_finetune_stage_wires_the_term(pretrained, monkeypatch):
 
 def test_references_match_the_prune_engine_history(write_plan):
     """Right after the real engine prunes (weights copied, not changed) the penalty is 0."""
-    from compressor.checkpoint import load_model
-    from compressor.context import DataBundle, RunContext
-    from compressor.plan_io import load_plan
-    from compressor.stages.prune import PruneConfig, prune_once
+    from compressor.data.bundle import DataBundle
+    from compressor.formats.loading import load_model
+    from compressor.plan.load import load_plan
+    from compressor.run.context import RunContext
+    from compressor.stages.prune.apply import prune_once
+    from compressor.stages.prune.config import PruneConfig
     from tests.conftest import cnn_model_block
 
     plan = load_plan(write_plan(cnn_model_block())).plan

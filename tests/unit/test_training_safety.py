@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 from rich.console import Console
 
-from compressor.data import Batch
-from compressor.runner import diverged_stages
-from compressor.training import TrainingOptions, train
+from compressor.data.batches import Batch
+from compressor.run.state import diverged_stages
+from compressor.training.loop import TrainingOptions, train
 
 
 def make_ctx(metrics: list[float] | None = None) -> SimpleNamespace:
@@ -171,7 +171,7 @@ def test_diverged_stages_name_stage_step_and_loss():
 def test_a_diverged_run_exports_reports_and_exits_3_also_after_resume(tmp_path):
     from safetensors.torch import save_file
 
-    from compressor.export import load
+    from compressor.formats.reload import load
     from tests.e2e.runs import assert_fails_cleanly, invoke, mlp_plan
 
     x = torch.rand(64, 64)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from compressor.bench import bench_paths
 from compressor.errors import PlanError
-from compressor.export import export_model
+from compressor.formats.export import export_model
+from compressor.measure.bench import bench_paths
 
 FAST = {"rounds": 2, "iterations": 3, "warmup": 1, "batch_sizes": [1, 8], "memory": False}
 
@@ -97,8 +97,8 @@ def test_bad_inputs_are_clear_errors(files, tmp_path):
 
 
 def test_onnx_file_with_symbolic_sequence_needs_input_flag(tmp_path):
-    from compressor.onnx_export import export_onnx
-    from compressor.plan import OnnxSpec
+    from compressor.formats.onnx.export import export_onnx
+    from compressor.spec.sections import OnnxSpec
     from sample_models.text_transformer.model import build
 
     model = build(vocab_size=200, dim=32, depth=1, num_heads=2, ffn=64).eval()

@@ -7,16 +7,16 @@ import json
 import pytest
 from rich.console import Console
 
-from compressor.export import export_model
-from compressor.plan import GatesSpec
-from compressor.report import (
+from compressor.formats.export import export_model
+from compressor.measure.report import (
     REPORT_SCHEMA_VERSION,
     build_report,
     check_gates,
     compute_ratios,
-    render_summary_table,
     write_reports,
 )
+from compressor.measure.tables import render_summary_table
+from compressor.spec.sections import GatesSpec
 
 
 def stats(p50: float) -> dict:
@@ -75,7 +75,7 @@ def report(mlp_ctx, compacted, tmp_path):
     model, manifest = compacted
     artifacts = export_model(model, mlp_ctx, tmp_path / "out", manifest)
     example = mlp_ctx.example_inputs()
-    from compressor.runner import model_facts
+    from compressor.run.runner import model_facts
 
     return build_report(
         mlp_ctx,

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from compressor.latency import physical_cores, probe_memory, summarize, time_interleaved
-from compressor.onnx_export import export_onnx
-from compressor.plan import OnnxSpec
+from compressor.formats.onnx.export import export_onnx
+from compressor.measure.latency import physical_cores, summarize, time_interleaved
+from compressor.measure.memory_probe import probe_memory
+from compressor.spec.sections import OnnxSpec
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch.nn as nn
 
-from compressor.context import RunContext
+from compressor.run.context import RunContext
 from tests.unit.export.helpers import compact_mlp, mlp_context
 
 

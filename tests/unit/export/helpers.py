@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from compressor.context import RunContext, context_for_plan
-from compressor.structure import diff, snapshot
+from compressor.formats.manifest import diff, snapshot
+from compressor.run.context import RunContext, context_for_plan
 
 ROOT = Path(__file__).resolve().parents[3]
 MLP_PLAN = f"""

@@ -10,10 +10,11 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from compressor.artifacts import read_metadata
 from compressor.errors import CheckpointError, ExportError, PlanError
-from compressor.export import export_model, load
-from compressor.structure import diff, snapshot
+from compressor.formats.compacted import read_metadata
+from compressor.formats.export import export_model
+from compressor.formats.manifest import diff, snapshot
+from compressor.formats.reload import load
 from tests.unit.export.helpers import make_ctx
 
 
@@ -55,7 +56,7 @@ def test_safetensors_metadata_holds_version_architecture_plan_and_manifest(
 
 
 def test_compacted_file_is_smaller_than_the_original(mlp_ctx, compacted, tmp_path):
-    from compressor.export import reference_sizes
+    from compressor.formats.sizes import reference_sizes
 
     model, manifest = compacted
     artifacts = export_model(model, mlp_ctx, tmp_path, manifest)
@@ -158,7 +159,7 @@ def test_hf_format_is_refused_for_a_plain_model(mlp_ctx, compacted, tmp_path):
 
 
 def test_hf_format_writes_a_folder_that_reloads(tmp_path):
-    from compressor.structure import diff, snapshot
+    from compressor.formats.manifest import diff, snapshot
     from tests.unit.hf.helpers import hf_context
 
     ctx, model = hf_context(tmp_path, "bert")

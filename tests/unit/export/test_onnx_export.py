@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import ExportError
-from compressor.export import OnnxModel
-from compressor.onnx_export import export_onnx
-from compressor.plan import InputSpec, OnnxSpec
+from compressor.formats.onnx.export import export_onnx
+from compressor.formats.onnx.session import OnnxModel
+from compressor.spec.sections import InputSpec, OnnxSpec
 from sample_models.text_transformer.model import build as build_text
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from compressor.artifacts import fit_tensors_to_state
+from compressor.formats.compacted import fit_tensors_to_state
+from compressor.formats.manifest import Snapshot, apply_manifest, diff
 from compressor.graph import flatten_tensors
-from compressor.structure import Snapshot, apply_manifest, diff
 
 
 class Positional(nn.Module):
@@ -64,7 +64,7 @@ def onnx_max_diff(model: nn.Module, inputs: dict[str, torch.Tensor], path) -> fl
 
 def rebuild(fresh: nn.Module, pruned: nn.Module, before: Snapshot) -> nn.Module:
     """Replay the structure manifest of ``pruned`` on ``fresh`` and load its tensors, as
-    ``compressor.artifacts.load_compressed`` does (no pickle)."""
+    ``compressor.formats.compacted.load_compressed`` does (no pickle)."""
     apply_manifest(fresh, diff(before, pruned))
     state = {k: v.detach().clone() for k, v in pruned.state_dict().items()}
     fit_tensors_to_state(fresh, state)

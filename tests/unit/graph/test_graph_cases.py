@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compressor.formats.manifest import snapshot
 from compressor.graph import HEADS, StructureGraph
-from compressor.modules import HeadPrunedMHA
-from compressor.structure import snapshot
+from compressor.rebuildable import HeadPrunedMHA
 from tests.unit.graph.helpers import rebuild, zero_columns
 
 IMAGES = {"x": torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))}

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from compressor.graph import FFN, HEADS, StructureGraph
-from compressor.modules import HeadPrunedMHA
+from compressor.rebuildable import HeadPrunedMHA
 from sample_models.text_transformer.model import build as build_text
 
 transformers = pytest.importorskip("transformers")

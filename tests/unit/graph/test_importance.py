@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from compressor.errors import StageError
 from compressor.graph import StructureGraph
+from compressor.graph.importance import magnitude, score_groups
 from compressor.graph.schedule import lowest
-from compressor.importance import magnitude, score_groups
 
 X = {"input": torch.randn(8, 4, generator=torch.Generator().manual_seed(0))}
 

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from compressor.context import DataBundle, RunContext
-from compressor.plan_io import load_plan
+from compressor.data.bundle import DataBundle
+from compressor.plan.load import load_plan
+from compressor.run.context import RunContext
 
 HIDDEN, HEADS, HEAD_DIM, FFN, VOCAB, SEQ = 32, 4, 8, 64, 100, 8
 
@@ -90,7 +91,7 @@ def hf_context(
 ) -> tuple[RunContext, nn.Module]:
     """Save a tiny model as a Hugging Face folder, load it through a plan (``model.hf``)
     and return the run context and the loaded ``HFModel``."""
-    from compressor.checkpoint import load_model
+    from compressor.formats.loading import load_model
 
     folder = tmp_path / f"{kind}_source"
     tiny_model(kind, layers=layers, task=task).save_pretrained(folder)

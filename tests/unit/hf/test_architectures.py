@@ -11,14 +11,15 @@ import json
 import pytest
 import torch
 
-from compressor.artifacts import load_compressed, save_compressed
+from compressor.formats.compacted import load_compressed, save_compressed
+from compressor.formats.hf.folder import load_folder
+from compressor.formats.hf.load import hf_architecture
+from compressor.formats.hf.save import save_hf_folder
+from compressor.formats.manifest import diff, snapshot
+from compressor.formats.onnx.export import export_onnx
 from compressor.graph.depth import sync_configs
-from compressor.hf import hf_architecture
-from compressor.hf_export import load_folder, save_hf_folder
-from compressor.onnx_export import export_onnx
 from compressor.stages import prune
-from compressor.stages.prune import PruneConfig
-from compressor.structure import diff, snapshot
+from compressor.stages.prune.config import PruneConfig
 from tests.unit.hf.helpers import (
     FFN,
     HEAD_DIM,

@@ -11,6 +11,7 @@ import torch.nn as nn
 from pydantic import ValidationError
 
 from compressor.errors import StageError
+from compressor.formats.manifest import apply_manifest, diff, snapshot
 from compressor.graph.depth import (
     block_influence,
     choose_blocks,
@@ -19,8 +20,7 @@ from compressor.graph.depth import (
     sync_configs,
 )
 from compressor.stages import prune
-from compressor.stages.prune import PruneConfig
-from compressor.structure import apply_manifest, diff, snapshot
+from compressor.stages.prune.config import PruneConfig
 from tests.unit.hf.helpers import hf_context
 
 transformers = pytest.importorskip("transformers")

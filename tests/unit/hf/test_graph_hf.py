@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from compressor.formats.hf.model import HFModel
 from compressor.graph import FFN, HEADS, HIDDEN, StructureGraph
+from compressor.graph.importance import magnitude
 from compressor.graph.layers import TransposedLinearPruner, is_transposed_linear
-from compressor.hf import HFModel
-from compressor.importance import magnitude
 from tests.unit.hf.helpers import SEQ, VOCAB, tiny_model
 
 transformers = pytest.importorskip("transformers")

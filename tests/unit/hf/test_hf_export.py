@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import CheckpointError, ExportError
+from compressor.formats.hf.folder import from_pretrained, load_folder
+from compressor.formats.hf.model import HFModel
+from compressor.formats.hf.save import save_hf_folder
 from compressor.graph import StructureGraph
-from compressor.hf import HFModel
-from compressor.hf_export import from_pretrained, load_folder, save_hf_folder
 from tests.unit.hf.helpers import SEQ, VOCAB, tiny_model
 
 transformers = pytest.importorskip("transformers")
@@ -150,9 +151,9 @@ def test_a_folder_compress_wrote_is_a_model_source_and_its_structure_carries_on(
     # Per-layer FFN widths plain transformers cannot load: model.hf rebuilds them from the
     # folder's compress field, and the structure travels on into the next output.
     from compressor import load
-    from compressor.artifacts import save_compressed
-    from compressor.checkpoint import load_model
-    from compressor.plan import ModelSpec
+    from compressor.formats.compacted import save_compressed
+    from compressor.formats.loading import load_model
+    from compressor.spec.sections import ModelSpec
 
     model = HFModel(tiny_model("bert"), "base").eval()
     inputs = text_inputs()

@@ -9,17 +9,17 @@ import json
 import pytest
 import torch
 
-from compressor.augment import (
+from compressor.errors import StageError
+from compressor.formats.hf.tokenizer import tokenizer_text
+from compressor.stages import distill
+from compressor.stages.distill.augment import (
     AugmentConfig,
     augment_tokens,
     input_embedding_table,
     nearest_tokens,
     replaceable_ids,
 )
-from compressor.errors import StageError
-from compressor.hf import tokenizer_text
-from compressor.stages import distill
-from compressor.stages.distill import DistillConfig
+from compressor.stages.distill.config import DistillConfig
 from tests.unit.hf_minilm.test_embeddings_stage import _plan
 from tests.unit.sharing.helpers import make_ctx
 

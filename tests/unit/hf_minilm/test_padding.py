@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.padding import (
+from compressor.data.padding import (
     LengthGroupedBatches,
     example_lengths,
     real_rows,
@@ -66,9 +66,9 @@ def test_real_rows_keep_only_real_tokens():
 
 
 def test_teacher_states_at_padding_do_not_change_the_distillation_loss(tiny_bert, tmp_path):
-    from compressor.losses import DistillObjective
-    from compressor.stages.distill import DistillConfig
-    from compressor.teacher_cache import IndexedBatch, TeacherCache
+    from compressor.stages.distill.config import DistillConfig
+    from compressor.stages.distill.losses import DistillObjective
+    from compressor.stages.distill.teacher_cache import IndexedBatch, TeacherCache
 
     plan = _plan(tmp_path, tiny_bert, "  - distill: {epochs: 1}\n")
     ctx, model = make_ctx(plan)
@@ -146,7 +146,7 @@ def test_example_lengths_read_the_attention_mask(tiny_bert, tmp_path):
 
 
 def test_teacher_cache_built_by_length_matches_the_plain_build(tiny_bert, tmp_path):
-    from compressor.teacher_cache import FeatureTaps, TeacherCache
+    from compressor.stages.distill.teacher_cache import FeatureTaps, TeacherCache
 
     ctx, model = make_ctx(_plan(tmp_path, tiny_bert, "  - distill: {epochs: 1}\n"))
     inputs = _batch(ctx)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor import text_data as T
-from compressor.data import BUILTINS, InputLayout, parse_source
+from compressor.data import text as T
+from compressor.data.batches import InputLayout
+from compressor.data.sources import BUILTINS, parse_source
 from compressor.errors import DataError
-from compressor.plan import InputSpec
+from compressor.spec.sections import InputSpec
 
 
 def test_split_is_by_topic_deterministic_and_disjoint():

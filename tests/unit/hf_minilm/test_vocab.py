@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from compressor import vocab as V
 from compressor.errors import StageError
-from compressor.hf import model_tokenizer, tokenizer_text, write_tokenizer_files
+from compressor.formats.hf.tokenizer import model_tokenizer, tokenizer_text, write_tokenizer_files
+from compressor.stages.embeddings import vocab as V
 from tests.unit.hf_minilm.tiny import load_tiny
 
 CORPUS = ["The value of a list is a new object.", "A function returns the name, and raise."]
@@ -34,7 +34,7 @@ def _strings(tok_json: str, texts: list[str]) -> list[list[str]]:
 
 @pytest.fixture
 def pruned(tiny_bert):
-    from compressor.structure import snapshot
+    from compressor.formats.manifest import snapshot
 
     loaded, tokenize = load_tiny(tiny_bert)
     original = copy.deepcopy(loaded.model)
@@ -109,9 +109,9 @@ def test_dropped_token_share_counts_real_positions_only():
 
 
 def test_pruned_model_reloads_with_its_tokenizer_and_writes_files(pruned, tmp_path):
-    from compressor.artifacts import load_compressed, save_compressed
-    from compressor.hf import hf_architecture
-    from compressor.structure import diff
+    from compressor.formats.compacted import load_compressed, save_compressed
+    from compressor.formats.hf.load import hf_architecture
+    from compressor.formats.manifest import diff
 
     original, model, _, choice, before = pruned
     manifest = diff(before, model)

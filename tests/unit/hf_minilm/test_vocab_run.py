@@ -37,7 +37,7 @@ def _write_plan(tmp_path, folder, stages: str = STAGES) -> object:
 @pytest.mark.slow
 def test_run_exports_the_rewritten_tokenizer_and_resumes_after_vocab_pruning(tiny_bert, tmp_path):
     from compressor import load
-    from compressor.hf import model_tokenizer
+    from compressor.formats.hf.tokenizer import model_tokenizer
 
     plan, out = _write_plan(tmp_path, tiny_bert), tmp_path / "out"
     result = invoke("run", plan, "--out", out, "--quiet")

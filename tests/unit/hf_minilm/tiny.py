@@ -102,8 +102,8 @@ def write_tiny_bert(folder: Path, *, seed: int = 0, layers: int = 2) -> Path:
 
 def load_tiny(folder: Path, seq_len: int = 16):
     """(LoadedModel, tokenize) of the tiny folder through compress's own loader."""
-    from compressor.hf import load_hf_folder
-    from compressor.plan import ModelSpec
+    from compressor.formats.hf.load import load_hf_folder
+    from compressor.spec.sections import ModelSpec
 
     spec = ModelSpec(
         hf=str(folder),

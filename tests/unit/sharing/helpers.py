@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from compressor.context import RunContext, context_for_plan
+from compressor.run.context import RunContext, context_for_plan
 from tests.conftest import SAMPLES
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.architecture import ArchitectureRef
-from compressor.artifacts import decode_state, load_compressed, save_compressed
 from compressor.errors import CheckpointError
-from compressor.sharing.cluster import cluster_parameters, kmeans_1d, targets
+from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.compacted import decode_state, load_compressed, save_compressed
+from compressor.stages.share.cluster import cluster_parameters, kmeans_1d, targets
 from sample_models.digits_cnn.model import build
 from tests.unit.sharing.helpers import load_sample
 

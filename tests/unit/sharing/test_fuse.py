@@ -10,13 +10,13 @@ import onnx
 import pytest
 import torch
 
-from compressor.architecture import ArchitectureRef
-from compressor.artifacts import load_compressed, save_compressed
-from compressor.modeling import count_params
-from compressor.onnx_export import export_onnx
-from compressor.plan import OnnxSpec
-from compressor.sharing import fuse
-from compressor.sharing.similarity import MEASURES, similarity
+from compressor.counting import count_params
+from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.compacted import load_compressed, save_compressed
+from compressor.formats.onnx.export import export_onnx
+from compressor.spec.sections import OnnxSpec
+from compressor.stages.share import fuse
+from compressor.stages.share.similarity import MEASURES, similarity
 from sample_models.text_transformer.model import build
 from tests.unit.sharing.helpers import load_sample
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from compressor.graph import StructureGraph
-from compressor.sharing.merge import merge_neurons, plan_merges
-from compressor.sharing.units import eligible, norm_parents, recalibrate_norms
+from compressor.stages.share.merge import merge_neurons, plan_merges
+from compressor.stages.share.units import eligible, norm_parents, recalibrate_norms
 from tests.unit.sharing.models import (
     TinyMLP,
     TinyResidual,

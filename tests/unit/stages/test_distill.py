@@ -8,14 +8,14 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from compressor.context import RunContext, context_for_plan
 from compressor.errors import PlanError, StageError
 from compressor.graph.groups import CONSUMER, PRODUCER, Member, UnitGroup
-from compressor.plan_io import load_plan
+from compressor.plan.load import load_plan
+from compressor.run.context import RunContext, context_for_plan
+from compressor.spec.base import LABELS, TEACHER, TRAIN_DATA
 from compressor.stages import distill
-from compressor.stages.distill import DistillConfig
-from compressor.stages.registry import LABELS, TEACHER, TRAIN_DATA
-from compressor.stages.self_prune import SelfPruneConfig, schedule_fraction
+from compressor.stages.distill.config import DistillConfig
+from compressor.stages.distill.self_prune import SelfPruneConfig, schedule_fraction
 from sample_models.digits_cnn.model import build
 from tests.conftest import SAMPLES, cnn_model_block
 
@@ -95,7 +95,7 @@ def test_config_shorthands_and_requirements():
 def test_kd_loss_follows_what_the_output_is(metric, kind):
     import types
 
-    from compressor.losses import DistillObjective
+    from compressor.stages.distill.losses import DistillObjective
 
     ctx = types.SimpleNamespace(
         device=torch.device("cpu"),
@@ -291,8 +291,8 @@ def test_few_shot_trains_on_n_per_class(cnn):
 
 
 def test_recalibrate_batch_norms_uses_exactly_the_batch():
-    from compressor.stages.self_prune import recalibrate_batch_norms
-    from compressor.teacher_cache import IndexedBatch
+    from compressor.stages.distill.self_prune import recalibrate_batch_norms
+    from compressor.stages.distill.teacher_cache import IndexedBatch
 
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
     x = torch.randn(32, 3)
@@ -365,7 +365,7 @@ def test_zero_distillation_gradients_fall_back_to_the_criterion(write_plan):
 
 
 def test_taylor_scores_sum_what_each_unit_owns():
-    from compressor.stages.self_prune import TaylorScores
+    from compressor.stages.distill.self_prune import TaylorScores
 
     model = nn.Sequential()
     model.fc1, model.fc2 = nn.Linear(3, 2), nn.Linear(2, 1)

@@ -11,15 +11,15 @@ import torch
 import torch.nn as nn
 from pydantic import ValidationError
 
-from compressor.architecture import ArchitectureRef
-from compressor.artifacts import load_compressed, save_compressed
-from compressor.context import RunContext, context_for_plan
+from compressor.counting import count_macs, count_params
 from compressor.errors import StageError
-from compressor.modeling import count_macs, count_params
+from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.compacted import load_compressed, save_compressed
+from compressor.formats.manifest import diff, snapshot
+from compressor.run.context import RunContext, context_for_plan
+from compressor.spec.base import CALIBRATION_DATA, LABELS, TRAIN_DATA
 from compressor.stages import prune
-from compressor.stages.prune import PruneConfig
-from compressor.stages.registry import CALIBRATION_DATA, LABELS, TRAIN_DATA
-from compressor.structure import diff, snapshot
+from compressor.stages.prune.config import PruneConfig
 from tests.conftest import SAMPLES, cnn_model_block
 
 DIGITS_DATA = "data:\n  train: builtin:digits?split=train\n  eval: builtin:digits?split=test\n"

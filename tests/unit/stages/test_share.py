@@ -11,12 +11,13 @@ import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from compressor.architecture import ArchitectureRef
-from compressor.artifacts import load_compressed, save_compressed
+from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.compacted import load_compressed, save_compressed
+from compressor.formats.manifest import diff, snapshot
+from compressor.spec.base import CALIBRATION_DATA, EXAMPLE_INPUTS
 from compressor.stages import prune, share
-from compressor.stages.prune import PruneConfig
-from compressor.stages.registry import CALIBRATION_DATA, EXAMPLE_INPUTS, get_stage
-from compressor.structure import diff, snapshot
+from compressor.stages.prune.config import PruneConfig
+from compressor.stages.registry import get_stage
 from tests.unit.graph.helpers import onnx_max_diff
 from tests.unit.sharing.helpers import sample_ctx
 

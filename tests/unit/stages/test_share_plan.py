@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from compressor.artifacts import read_metadata
-from compressor.export import load
+from compressor.formats.compacted import read_metadata
+from compressor.formats.reload import load
 from tests.conftest import SAMPLES
 
 PLAN = f"""
