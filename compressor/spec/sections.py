@@ -84,7 +84,7 @@ class ModelSpec(StrictModel):
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of the factory.")
     hf: str | None = Field(None, description="A Hugging Face model folder (offline).")
-    task: Literal["auto", "embedding", "classification", "base"] = Field(
+    task: Literal["auto", "embedding", "classification", "causal-lm", "base"] = Field(
         "auto", description="For Hugging Face models: what the model's output is."
     )
     tokenizer: str | None = Field(

@@ -57,11 +57,19 @@ def read_sentence_transformers(path: Path) -> tuple[str | None, bool]:
     return pooling, normalize
 
 
+# Class-name endings of transformers' language-model heads (Llama...ForCausalLM, GPT2LMHeadModel).
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
 def _model_class(transformers: Any, config: Any, task: str) -> Any:
     names = list(getattr(config, "architectures", None) or [])
     if task == "classification":
         names = [n for n in names if "Classification" in n] or [
             f"{type(config).__name__.replace('Config', '')}ForSequenceClassification"
+        ]
+    elif task == "causal-lm":
+        names = [n for n in names if n.endswith(CAUSAL_LM_SUFFIXES)] or [
+            f"{type(config).__name__.replace('Config', '')}ForCausalLM"
         ]
     elif task in ("embedding", "base"):
         base = type(config).__name__.replace("Config", "Model")
@@ -80,8 +88,11 @@ def _model_class(transformers: Any, config: Any, task: str) -> Any:
 def _auto_task(config: Any, pooling: str | None) -> str:
     if pooling is not None:
         return "embedding"
-    if any("Classification" in a for a in (getattr(config, "architectures", None) or [])):
+    architectures = getattr(config, "architectures", None) or []
+    if any("Classification" in a for a in architectures):
         return "classification"
+    if any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures):
+        return "causal-lm"  # a language model: its output is the logits, its LM head kept
     return (
         "embedding"
         if getattr(config, "model_type", "") in ("bert", "roberta", "distilbert")

@@ -68,6 +68,10 @@ class HFModel(nn.Module):
             "pixel_values": pixel_values,
         }
         kwargs = {k: v for k, v in given.items() if v is not None and k in self.accepts}
+        if self.task == "causal-lm":
+            # The logits of every position; no KV cache (this forward serves training,
+            # evaluation and ONNX export of the full sequence; generation uses the inner model).
+            return self.model(**kwargs, use_cache=False).logits
         out = self.model(**kwargs)
         if self.task == "classification":
             return out.logits
