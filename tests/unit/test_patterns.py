@@ -44,6 +44,6 @@ def test_resolve_modules_gives_the_named_modules_and_names_close_ones_when_none_
         "encoder.2",
     ]
     assert resolve_modules(model, "head", "taps") == ["head"]
-    with pytest.raises(StageError, match="no module named 'encoder.9'") as err:
+    with pytest.raises(StageError, match=r"no module named 'encoder\.9'") as err:
         resolve_modules(model, "encoder.9", "taps")
     assert "similar names" in err.value.hint
