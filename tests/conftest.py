@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
+# The PyPI torchvision wheel (a dev dependency, for the coverage tests) needs this next to the
+# CPU torch, or transformers' imports fail (see the module); it only wraps
+# torch.library.register_fake. CLI subprocesses get it through tests/compat/sitecustomize.py.
+import tests.compat.torchvision_cpu  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_models"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT / "tests" / "compat"), os.environ.get("PYTHONPATH")) if p
+)
 
 # Two cores: keep torch from oversubscribing when pytest-xdist or helpers run in parallel.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
