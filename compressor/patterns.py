@@ -75,9 +75,10 @@ def resolve_modules(model: nn.Module, pattern: str, what: str) -> list[str]:
     else:
         found = [pattern] if pattern in names else []
     if not found:
-        close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5) or [
-            n for n in names if pattern.split(".")[-1] in n
-        ][:5]
+        close = (
+            difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
+            or [n for n in names if pattern.split(".")[-1] in n][:5]
+        )
         raise StageError(
             f"{what}: no module named {pattern!r}",
             hint=f"similar names: {', '.join(close)}"

@@ -36,6 +36,7 @@ from compressor.data.batches import (
     assign_names,
     fit_to_layout,
 )
+from compressor.data.english import ENGLISH_BUILTINS
 from compressor.data.text import TEXT_BUILTINS
 from compressor.errors import DataError
 from compressor.files.tensors import read_tensor_mapping
@@ -212,6 +213,7 @@ def _digits(options: Mapping[str, str], layout: InputLayout) -> NamedTensorDatas
 BUILTINS: dict[str, Callable[[Mapping[str, str], InputLayout], NamedTensorDataset]] = {
     "digits": _digits,
     **TEXT_BUILTINS,  # builtin:pydoc, builtin:docstrings (compressor.data.text)
+    **ENGLISH_BUILTINS,  # builtin:wordnet, news, reviews, mix (compressor.data.english)
 }
 
 

@@ -56,6 +56,7 @@ OWN_DEFERRED = {
 DEFERRABLE = {
     "transformers",  # extra 'hf'
     "tokenizers",  # extra 'hf'
+    "wordfreq",  # extra 'text'
     "sklearn",  # extra 'samples'
     "matplotlib",  # ~0.5 s to import, only for report.png
     "pydoc_data",  # a 1 MB data module, only for builtin:pydoc

@@ -5,4 +5,4 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import tests.compat.torchvision_cpu  # noqa: E402, F401
+import tests.compat.torchvision_cpu  # noqa: F401

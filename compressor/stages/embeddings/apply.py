@@ -32,6 +32,7 @@ from compressor.stages.embeddings.config import (
     order_problems,
     plan_problems,
 )
+from compressor.stages.embeddings.english_words import keep_english_words
 from compressor.stages.embeddings.factorize import (
     bert_post,
     choose_rank,
@@ -107,6 +108,8 @@ def _prune_vocab(model, cfg: VocabConfig, ctx) -> dict[str, Any]:
         keep_chars=cfg.keep_chars,
         keep_first=cfg.keep_first,
     )
+    if cfg.english_words:
+        choice = keep_english_words(choice, tokenizer, cfg.english_words)
     eval_share = (
         dropped_token_share(ctx.data.dataset("eval"), choice.kept) if ctx.data.has("eval") else {}
     )

@@ -58,6 +58,12 @@ class VocabConfig(StrictModel):
         ge=0,
         description="Also keep the first N ids (BERT vocabularies list common words first).",
     )
+    english_words: int = Field(
+        0,
+        ge=0,
+        description="Also keep every piece of the N most frequent English words (wordfreq's "
+        "list, split by the model's tokenizer), so everyday words the corpus lacks stay whole.",
+    )
 
     @field_validator("corpus")
     @classmethod

