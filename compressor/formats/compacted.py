@@ -33,6 +33,7 @@ from compressor.files.atomic import atomic_path
 from compressor.files.safetensors_header import read_header
 from compressor.formats.architecture import ArchitectureRef
 from compressor.formats.manifest import apply_manifest
+from compressor.graph.decoder.edits import sync_decoder_config
 from compressor.graph.depth import sync_configs
 
 FORMAT = "compress"
@@ -405,6 +406,9 @@ def _rebuild(model: nn.Module, path: Path, manifest: list, aliases: dict, encode
             hint="the file was made from another architecture or version",
         )
     retie(model, aliases)
+    # A decoder LLM's config states widths that its forward reads (Phi-3's head count,
+    # Gemma's embedding scale): derive them from the rebuilt modules.
+    sync_decoder_config(model)
     model.eval()
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from compressor.errors import DataError
+from compressor.measure.lm_metrics import agreement_from_logits, perplexity_from_logits
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,23 @@ METRICS: dict[str, MetricDef] = {
             True,
             _spearman,
             "Spearman correlation of pairwise similarities with the teacher's",
+        ),
+        # Causal LMs: outputs are (N, T, vocab) logits, labels the (N, T) token ids.
+        MetricDef(
+            "perplexity",
+            False,
+            True,
+            False,
+            perplexity_from_logits,
+            "exp of the mean next-token loss on the evaluation text",
+        ),
+        MetricDef(
+            "next_token_agreement",
+            True,
+            False,
+            True,
+            agreement_from_logits,
+            "share of positions whose greedy next token equals the teacher's",
         ),
     )
 }

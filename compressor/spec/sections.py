@@ -22,7 +22,7 @@ IMPORT_REF = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool")
 
 
-METRICS = ("accuracy", "top5", "mse", "cosine", "spearman")
+METRICS = ("accuracy", "top5", "mse", "cosine", "spearman", "perplexity", "next_token_agreement")
 
 
 def check_import_ref(value: str | None, what: str) -> str | None:

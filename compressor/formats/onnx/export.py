@@ -195,7 +195,7 @@ def artifact_size(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     # The exporters print progress and deprecation notes; the report states what matters.
     loggers = [logging.getLogger(n) for n in ("torch", "onnxscript", "onnx_ir", "")]
     levels = [lg.level for lg in loggers]
@@ -225,7 +225,7 @@ def _run_exporter(
 ) -> None:
     names = list(example)
     args = tuple(example.values())
-    with _quiet_exporter():
+    with quiet_exporter():
         if kind == "dynamo":
             dims = tuple({a: torch.export.Dim.DYNAMIC for a in axes[n]} or None for n in names)
             torch.onnx.export(
@@ -253,10 +253,10 @@ def _run_exporter(
                 dynamic_axes=dynamic,
             )
             if external:
-                _to_external_data(path)
+                to_external_data(path)
 
 
-def _to_external_data(path: Path) -> None:
+def to_external_data(path: Path) -> None:
     """Rewrite ``path`` with all weights in one ``<name>.data`` file beside it."""
 
     proto = onnx.load(str(path))
