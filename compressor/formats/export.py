@@ -207,6 +207,6 @@ def _require_transformers() -> None:
 
 def _export_hf(model: nn.Module, ctx: Any, folder: Path) -> dict[str, Any]:
     _require_transformers()
-    save_hf_folder(model, folder, ctx)
+    info = save_hf_folder(model, folder, ctx)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    return {"path": str(folder), "size_bytes": size}
+    return {"path": str(folder), "size_bytes": size, "loads_with": info.get("loads_with")}

@@ -80,4 +80,6 @@ def _artifact_details(kind: str, art: dict[str, Any]) -> str:
         )
     if kind == "tokenizer":
         return "the rewritten tokenizer (new token ids): " + ", ".join(art.get("files") or [])
+    if kind == "hf" and art.get("loads_with"):
+        return f"loads with {art['loads_with']}"
     return ""

@@ -206,8 +206,8 @@ def test_references_match_the_prune_engine_history(write_plan):
     from compressor.formats.loading import load_model
     from compressor.plan.load import load_plan
     from compressor.run.context import RunContext
-    from compressor.stages.prune.apply import prune_once
     from compressor.stages.prune.config import PruneConfig
+    from compressor.stages.prune.stage import prune_once
     from tests.conftest import cnn_model_block
 
     plan = load_plan(write_plan(cnn_model_block())).plan

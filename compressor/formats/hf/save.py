@@ -18,9 +18,12 @@ size as hidden size / head count, and transformers 5 has no ``pruned_heads``). F
 ``config.json`` holds a ``compress`` field: ``layers`` (per-layer head count, head size and
 FFN width, for people and tools) and ``manifest`` (compress's structure ops, relative to the
 model the config builds), and ``plain_transformers: false``; :func:`from_pretrained` builds
-the model from the config, replays the manifest and loads the tensors strictly. A plain
-``from_pretrained`` refuses such a folder (the tensor shapes differ), rather than loading a
-wrong model."""
+the model from the config, replays the manifest and loads the tensors strictly. Such a folder
+also carries custom code (``portable``: ``modeling_compressed.py`` and ``auto_map``), so
+``AutoModel.from_pretrained(folder, trust_remote_code=True)`` loads it without compress;
+without ``trust_remote_code`` transformers refuses it (the tensor shapes differ) rather than
+loading a wrong model. An embedding model's folder also has the sentence-transformers layout
+(``sentence_transformers``)."""
 
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ from safetensors.torch import save_file
 from compressor.errors import CheckpointError, ExportError
 from compressor.formats.compacted import dedupe_state
 from compressor.formats.hf.model import require_transformers
+from compressor.formats.hf.portable import PortableCode, portable_code
+from compressor.formats.hf.sentence_transformers import write_sentence_transformers
 from compressor.formats.hf.tokenizer import write_tokenizer_files
 from compressor.formats.manifest import diff, snapshot
 from compressor.graph.attention import find_attention
@@ -92,6 +97,7 @@ def _unwrap(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
 def _config_dict(config: Any) -> dict[str, Any]:
     data = json.loads(config.to_json_string(use_diff=False))
     data.pop("compress", None)  # a folder written earlier by compress: described afresh below
+    data.pop("auto_map", None)  # its custom code too (compress never runs a folder's code)
     return data
 
 
@@ -179,7 +185,15 @@ def describe_config(live: nn.Module) -> tuple[dict[str, Any], list[dict[str, Any
     ffn_names = _ffn_fields(original, data)
     stack = layer_stack(live)
     layers_key = _first_key(data, ("num_hidden_layers", "n_layer", "n_layers"))
-    if stack is not None and layers_key:
+    original_stack = layer_stack(original)
+    # Only where the stack is the layer count: ALBERT runs one shared layer group
+    # num_hidden_layers times, so its stack's length is inner_group_num.
+    if (
+        stack is not None
+        and layers_key
+        and original_stack is not None
+        and len(original_stack) == data[layers_key]
+    ):
         data[layers_key] = len(stack)
     summary = layer_summary(live, ffn_names)
     for key in ffn_names:
@@ -190,7 +204,9 @@ def describe_config(live: nn.Module) -> tuple[dict[str, Any], list[dict[str, Any
     if isinstance(embeddings, nn.Embedding):
         if "vocab_size" in data:
             data["vocab_size"] = embeddings.num_embeddings
-        hidden_key = _first_key(data, ("hidden_size", "n_embd", "dim"))
+        # ALBERT and ELECTRA factorise the table (embedding_size, projected up to the hidden
+        # size): its width is the embedding size there, not the hidden size.
+        hidden_key = _first_key(data, ("embedding_size", "hidden_size", "n_embd", "dim"))
         if hidden_key:
             data[hidden_key] = embeddings.embedding_dim
     candidates = [data]
@@ -273,6 +289,7 @@ def save_hf_folder(
     )
     changed = {k: v for k, v in data.items() if before.get(k, v) != v}
     state, aliases = _state(live)
+    code = _portable_code(live, data, ops)
     data["architectures"] = [type(live).__name__]
     data["compress"] = {
         "format_version": FORMAT_VERSION,
@@ -282,8 +299,11 @@ def save_hf_folder(
         "layers": summary,
         "manifest": ops,
         "aliases": aliases,
+        **(code.structure if code.portable else {}),
     }
-    notes = []
+    if code.auto_map:
+        data["auto_map"] = code.auto_map
+    notes = [] if code.portable else [f"plain transformers cannot load this folder: {code.reason}"]
     side = _side_files(source)
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -295,6 +315,9 @@ def save_hf_folder(
                 shutil.copytree(path, stage / path.name)
             else:
                 shutil.copy2(path, stage / path.name)
+        for name, text in code.files.items():
+            (stage / name).write_text(text)
+        notes += _write_sentence_transformers(stage, data, settings, source)
         # The model's own tokenizer (rewritten by vocabulary pruning) replaces the copies.
         rewritten = write_tokenizer_files(model, stage)
         os.chmod(stage, 0o755)
@@ -313,6 +336,8 @@ def save_hf_folder(
         "path": str(folder),
         "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
         "plain_transformers": not ops,
+        "custom_code": bool(code.files),
+        "loads_with": _loads_with(ops, code, settings),
         "manifest_ops": len(ops),
         "config": changed,
         "files": files,
@@ -336,3 +361,30 @@ def build_from_config_dict(cls: type, data: dict[str, Any], *, meta: bool) -> nn
         with torch.device("meta"):
             return cls(config)
     return cls(config)
+
+
+def _loads_with(ops: list, code: Any, settings: dict[str, Any]) -> str:
+    """How a user loads the folder, for the report."""
+    if settings["task"] == "embedding":
+        call = "SentenceTransformer(folder"
+    else:
+        call = "transformers AutoModel*.from_pretrained(folder"
+    if not ops:
+        return call + ")"
+    if code.files:
+        return call + ", trust_remote_code=True)"
+    return "compressor.load only"
+
+
+def _portable_code(live: nn.Module, data: dict[str, Any], ops: list) -> Any:
+    if not ops:  # a stock config describes the model: no custom code
+        return PortableCode()
+    return portable_code(live, data, ops, lambda cls, d: build_from_config_dict(cls, d, meta=True))
+
+
+def _write_sentence_transformers(
+    folder: Path, data: dict[str, Any], settings: dict[str, Any], source: Path | None
+) -> list[str]:
+    if settings["task"] != "embedding":
+        return []
+    return write_sentence_transformers(folder, type_config(data), settings, source)

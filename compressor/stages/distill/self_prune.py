@@ -18,8 +18,8 @@ from pydantic import Field, model_validator
 from compressor.forward import call_model
 from compressor.graph.groups import channel_dims
 from compressor.stages.distill.losses import DistillObjective
-from compressor.stages.prune.apply import PruneState, prune_step
 from compressor.stages.prune.config import PruneConfig
+from compressor.stages.prune.stage import PruneState, prune_step
 from compressor.training.aligned import AlignedRegularizer
 
 

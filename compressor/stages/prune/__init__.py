@@ -4,4 +4,7 @@
 (``compressor.graph``). Importing this package registers the stage.
 """
 
-from compressor.stages.prune import apply  # noqa: F401  (registers the stage)
+# Importing the stage module registers the stage; ``apply`` is its function.
+from compressor.stages.prune.stage import apply
+
+__all__ = ["apply"]

@@ -60,6 +60,26 @@ def _config(kind: str, layers: int) -> Any:
             bos_token_id=0,
             eos_token_id=0,
         )
+    if kind == "albert":
+        return transformers.AlbertConfig(
+            vocab_size=VOCAB,
+            embedding_size=16,  # ALBERT factorises the embedding: smaller than the hidden size
+            hidden_size=HIDDEN,
+            num_hidden_layers=layers,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            max_position_embeddings=SEQ,
+        )
+    if kind == "electra":
+        return transformers.ElectraConfig(
+            vocab_size=VOCAB,
+            embedding_size=16,  # ELECTRA projects its embeddings up to the hidden size
+            hidden_size=HIDDEN,
+            num_hidden_layers=layers,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            max_position_embeddings=SEQ,
+        )
     raise ValueError(kind)
 
 
