@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +399,10 @@ def _rebuild(model: nn.Module, path: Path, manifest: list, aliases: dict, encode
             raise CheckpointError(f"{path}: alias {alias!r} points to missing tensor {target!r}")
         state[alias] = state[target]
     fit_tensors_to_state(model, state)
+    # safetensors cannot carry _metadata (state-dict versions some loaders check, e.g.
+    # torchvision's MNASNet): the rebuilt model's own versions are the ones it was saved with.
+    state = OrderedDict(state)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -23,8 +23,10 @@ from compressor.data.tokenization import load_tokenizer, sequence_length
 from compressor.errors import CheckpointError
 from compressor.files.tensors import PICKLE_SUFFIXES, is_torchscript, read_tensor_mapping
 from compressor.formats.architecture import ArchitectureRef, call_factory
+from compressor.formats.binding import bind_inputs
 from compressor.formats.compacted import is_compressed_file, load_compressed
 from compressor.formats.hf.paths import resolve_package_path
+from compressor.formats.input_checks import check_inputs_fit
 from compressor.formats.registry import LoadedModel, folder_loader
 from compressor.formats.state_dict import extract_state_dict, fit_state_dict
 from compressor.forward import TORCH_DTYPES
@@ -69,6 +71,30 @@ def resolve_path(path: str | Path, base_dir: Path | None) -> Path:
 
 
 def load_model(
+    spec: Any,
+    base_dir: Path | None = None,
+    *,
+    safe: bool = False,
+    allowed_imports: list[str] | None = None,
+) -> LoadedModel:
+    """Load the model a plan's ``model:`` (or ``teacher:``) section describes, its
+    ``forward()`` bound to the plan's input names (:func:`compressor.formats.binding.bind_inputs`).
+
+    Raises:
+        CheckpointError: with the file and the fix, for every failure a user can cause.
+        PlanError: the plan's input names do not fit ``forward()``, or its example inputs
+            exceed the model's position table or vocabulary.
+    """
+    loaded = _load_model(spec, base_dir, safe=safe, allowed_imports=allowed_imports)
+    if isinstance(loaded.model, nn.Module) and loaded.kind != "torchscript":
+        note = bind_inputs(loaded.model, list(loaded.input_specs))
+        if note:
+            loaded.notes.append(note)
+        check_inputs_fit(loaded.model, loaded.input_specs)
+    return loaded
+
+
+def _load_model(
     spec: Any,
     base_dir: Path | None = None,
     *,

@@ -3,6 +3,7 @@ keys, prefixes such as Lightning's ``model.``) and fitting them to a freshly bui
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
             if set(stripped) & set(expected):
                 state = stripped
                 break
+    state = _retie_and_version(model, state, expected)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [
@@ -94,3 +96,36 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
             "model.state_dict_key for training checkpoints",
         )
     model.load_state_dict(state, strict=True)
+
+
+def _retie_and_version(
+    model: nn.Module, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` completed with what its file format could not carry.
+
+    * Tied tensors stored once (``safetensors.torch.save_model``, ``save_pretrained``): a key
+      missing from the file whose parameter, in the freshly built model, is the very tensor
+      of a key that is present is filled from that key (loading then writes one tensor into
+      the one shared parameter, so the tie holds). Any other missing key stays missing.
+    * ``_metadata`` (per-module state-dict versions, which some modules' loaders check, e.g.
+      torchvision's MNASNet): safetensors has no place for it, so the fresh model's versions
+      are used, which is what saving that model from this code would have written.
+    """
+    filled = dict(state)
+    missing = [k for k in expected if k not in filled]
+    if missing:
+        live = model.state_dict(keep_vars=True)
+        by_tensor: dict[int, list[str]] = {}
+        for key, tensor in live.items():
+            by_tensor.setdefault(id(tensor), []).append(key)
+        for key in missing:
+            alias = next((k for k in by_tensor.get(id(live[key]), []) if k in filled), None)
+            if alias is not None:
+                filled[key] = filled[alias]
+    metadata = getattr(state, "_metadata", None)
+    if metadata is None:
+        metadata = getattr(expected, "_metadata", None)
+    if metadata is not None:
+        filled = OrderedDict(filled)
+        filled._metadata = metadata  # type: ignore[attr-defined]
+    return filled

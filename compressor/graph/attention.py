@@ -8,8 +8,8 @@ or ``q/k/v``), or one packed projection (a ``qkv`` Linear, or GPT-2's ``c_attn``
 transformers ``Conv1D``). That covers Hugging Face BERT, RoBERTa, DistilBERT, ViT and GPT-2,
 the sample text transformer, timm-style ViT blocks and compress's own ``HeadPrunedMHA``. After
 heads are removed, the head count and any total-size attribute (``all_head_size``,
-``inner_dim``, GPT-2's ``split_size``) are updated; the head size and the hidden size
-(``dim``, ``embed_dim``) stay.
+``inner_dim``, GPT-2's ``split_size``, timm's ``attn_dim``) are updated; the head size and the
+hidden size (``dim``, ``embed_dim``) stay.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from compressor.rebuildable import HeadPrunedMHA
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size", "d_head")
 # split_size: GPT-2 splits its packed c_attn output into query/key/value of this width.
-TOTAL_SIZE_ATTRS = ("all_head_size", "inner_dim", "split_size")
+# attn_dim: timm's Attention reshapes its output to (B, N, attn_dim) before the projection.
+TOTAL_SIZE_ATTRS = ("all_head_size", "inner_dim", "split_size", "attn_dim")
 QKV_NAMES = (
     ("query", "key", "value"),
     ("q_proj", "k_proj", "v_proj"),

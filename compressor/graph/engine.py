@@ -59,7 +59,12 @@ from compressor.graph.support import (
     tied_parameters,
     unsupported_reason,
 )
-from compressor.graph.tracing import DependencyGraph
+from compressor.graph.tracing import (
+    INDEX_BUDGET,
+    DependencyGraph,
+    IndexBudgetExceeded,
+    index_budget,
+)
 from compressor.patterns import matches
 
 _ROOT_TYPES = (_ConvNd, nn.Linear, nn.Embedding)
@@ -111,10 +116,21 @@ class StructureGraph:
             # MLP width; an attention at the top level makes every module its block.
             prefixes = {(block_prefix(r.name) + ".").lstrip(".") for r in attention.values()}
             roots = (*_ROOT_TYPES, *transposed_linear_types(self.model))
-            self._groups = [
-                self._describe(g, attention, prefixes)
-                for g in self._dg.get_all_groups(ignored_layers=[], root_module_types=roots)
-            ]
+            try:
+                with index_budget(self._dg):
+                    self._groups = [
+                        self._describe(g, attention, prefixes)
+                        for g in self._dg.get_all_groups(ignored_layers=[], root_module_types=roots)
+                    ]
+            except IndexBudgetExceeded as e:
+                raise StageError(
+                    f"graph analysis of {type(self.model).__name__} stopped: the channels of "
+                    f"{self._names.get(e.root, '?')!r} fan out to over {INDEX_BUDGET:,} positions "
+                    "through reshapes (window attention, as in MaxViT, moves channels across "
+                    "spatial windows), which the engine cannot prune in bounded memory",
+                    hint="structured pruning of this architecture is not supported; distil into "
+                    "a smaller model of the same family instead",
+                ) from None
         return list(self._groups)
 
     def prunable(self) -> list[UnitGroup]:
@@ -159,6 +175,9 @@ class StructureGraph:
         for item in tp_group:
             module = item.dep.target.module
             name = self._names.get(module) if isinstance(module, nn.Module) else None
+            if item.dep.target.type == OPTYPE.PARAMETER:
+                records.append(self._parameter_record(group, item))
+                continue
             if name is None:
                 continue
             role = role_of(module, self._dg.is_out_channel_pruning_fn(item.dep.handler))
@@ -209,6 +228,20 @@ class StructureGraph:
                 hint="add the last layers to 'ignore:' and report the model",
             )
 
+    def _parameter_record(self, group: UnitGroup, item: Any) -> dict[str, Any]:
+        node = item.dep.target
+        axis = int(node.pruning_dim)
+        before = int(node.module.shape[axis])
+        removed = set(item.idxs)
+        return {
+            "group": group.id,
+            "unit": group.kind,
+            "module": self._dg._param_to_name.get(node.module, "?"),
+            "dim": f"axis{axis}",
+            "kept": [i for i in range(before) if i not in removed],
+            "size_before": before,
+        }
+
     # ------------------------------------------------------------------ tracing
 
     def _trace(self) -> None:
@@ -244,6 +277,16 @@ class StructureGraph:
                 self._dg = DependencyGraph().build_dependency(
                     model, example_inputs=inputs, forward_fn=forward_fn, verbose=False
                 )
+        except ZeroDivisionError as e:
+            # Torch-Pruning's reshape mapping divides channel counts; a reshape that moves
+            # channels across groups (ShuffleNet's channel shuffle: view(b, g, c/g, ...) then
+            # transpose) leaves it nothing to divide by. Refuse before any edit.
+            raise StageError(
+                f"{type(model).__name__} reshapes channels in a way the engine cannot follow "
+                f"(a channel shuffle, as in ShuffleNet; tracing failed: {e})",
+                hint="structured pruning cannot keep its channels consistent; distil into a "
+                "smaller model of the same family instead (e.g. a narrower width multiplier)",
+            ) from None
         finally:
             for p in frozen:
                 p.requires_grad_(False)
@@ -270,6 +313,7 @@ class StructureGraph:
         width = len(root_item.idxs)
         members: list[Member] = []
         unsupported: list[str] = []
+        free_owners: list[str] = []
         touches: set[str] = set()
         for item in tp_group:
             node = item.dep.target
@@ -278,6 +322,9 @@ class StructureGraph:
                 touches.add("output")
             if node.type == OPTYPE.PARAMETER:
                 owner = self._dg._param_to_name.get(node.module, "?").rpartition(".")[0]
+                if free_parameter_axis(node, len(item.idxs), width) is not None:
+                    free_owners.append(owner)  # cut along its channel axis (see remove)
+                    continue
                 kind = type(self.model.get_submodule(owner)).__name__ if owner else "model"
                 unsupported.append(f"{owner or '<model>'} ({kind})")
                 continue
@@ -331,9 +378,11 @@ class StructureGraph:
             if hidden
             else frozenset()
         )
-        ignored = [m.name for m in members if self.is_ignored(m.name)] + [
-            u for u in unsupported if self.is_ignored(u.split(" ")[0])
-        ]
+        ignored = (
+            [m.name for m in members if self.is_ignored(m.name)]
+            + [u for u in unsupported if self.is_ignored(u.split(" ")[0])]
+            + [o for o in free_owners if o and self.is_ignored(o)]
+        )
         if ignored:
             blocked = f"it would edit ignored module {ignored[0]!r}"
         elif "output" in touches:
@@ -392,6 +441,27 @@ class StructureGraph:
                 irregular |= len(m.index) != width
                 count = count * groups // math.gcd(count, groups)
         return count, irregular
+
+
+def free_parameter_axis(node: Any, count: int, width: int) -> int | None:
+    """The channel axis of a free parameter (one no layer owns: ConvNeXt's layer scale, a
+    class token, a position embedding) when the engine can cut it with its group, else None.
+
+    Torch-Pruning cuts such a parameter along its last axis longer than 1; that is right when
+    this axis has exactly the group's channels (a per-channel scale ``(C, 1, 1)``, a token
+    ``(1, 1, C)``, a position table ``(1, N, C)``). A parameter whose cut axis has another
+    length (a ``(C, D)`` matrix used by matmul, a bias table indexed by head) stays
+    unsupported, with the user-facing error. The check is on shapes: a parameter that reaches
+    the channels only through a permuting reshape of equal length would be cut as Torch-Pruning
+    cuts it, and ``verify`` checks output shapes, not values.
+    """
+    axis = getattr(node, "pruning_dim", None)
+    param = node.module
+    if axis is None or not isinstance(param, torch.Tensor) or param.dim() == 0:
+        return None
+    if int(param.shape[axis]) != width or count > width:
+        return None
+    return int(axis)
 
 
 def _caching_configs(model: nn.Module) -> list[Any]:

@@ -18,17 +18,66 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch_pruning as tp
+from torch_pruning.dependency import index_mapping as _tp_index_mapping
 from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 from torch_pruning.ops import OPTYPE
 
 from compressor.graph.layers import customized_pruners, is_transposed_linear
 
+# Channel positions one group may fan out to through reshapes before the analysis stops.
+# A CNN's flatten into its classifier (VGG: 512 channels x 7 x 7 = 25,088) stays far below;
+# MaxViT's window partitions multiply every channel by the window area at every block and
+# grew past 17 GB of Python index objects.
+INDEX_BUDGET = 2_000_000
+
+
+class IndexBudgetExceeded(Exception):
+    """A group's channels fanned out to more than :data:`INDEX_BUDGET` positions."""
+
+    def __init__(self, root: Any, count: int):
+        super().__init__(f"{count} positions")
+        self.root, self.count = root, count
+
+
+@contextlib.contextmanager
+def index_budget(dg: DependencyGraph, limit: int = INDEX_BUDGET) -> Iterator[None]:
+    """Bound, per group, the channel positions Torch-Pruning's flatten mapping creates.
+
+    Its ``_FlattenIndexMapping`` turns each channel into ``stride`` Python objects; chained
+    through window reshapes the lists explode in time and memory, with no error. While this
+    context is active, building a group raises :class:`IndexBudgetExceeded` past ``limit``.
+    """
+    cls = _tp_index_mapping._FlattenIndexMapping
+    original = cls.__call__
+
+    def guarded(self, idxs):
+        out = original(self, idxs)
+        dg._index_count += len(out)
+        if dg._index_count > limit:
+            raise IndexBudgetExceeded(dg._index_root, dg._index_count)
+        return out
+
+    cls.__call__ = guarded
+    try:
+        yield
+    finally:
+        cls.__call__ = original
+
 
 class DependencyGraph(tp.DependencyGraph):
     """``tp.DependencyGraph`` that edits ``Conv1D`` layers and reads GPT-2's graph right."""
+
+    _index_count = 0
+    _index_root: Any = None
+
+    def get_pruning_group(self, module, pruning_fn, idxs):
+        self._index_count, self._index_root = 0, module  # the budget is per group
+        return super().get_pruning_group(module, pruning_fn, idxs)
 
     def build_dependency(self, model, example_inputs, **kwargs):
         pruners = {**customized_pruners(model), **(kwargs.pop("customized_pruners", None) or {})}

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from compressor.errors import CheckpointError
 from compressor.formats.architecture import ArchitectureRef
+from compressor.formats.binding import first_argument
 
 
 def _guess_inputs(model: nn.Module) -> tuple[str, str]:
@@ -54,6 +55,11 @@ def starter_plan(checkpoint: Path, architecture: str | None, plan_dir: Path) -> 
     if architecture and not is_hf:
         model = ArchitectureRef("factory", architecture, {}).build()
         inputs_line, inputs_comment = _guess_inputs(model)
+        # The real name of forward()'s first argument (Sequential takes 'input'), so the
+        # written plan calls the model by its own argument names.
+        name = first_argument(model)
+        if name:
+            inputs_line = name + ":" + inputs_line.split(":", 1)[1]
     lines: list[Any] = [
         "# compress plan: validate with `compress validate PLAN`, run with `compress run PLAN`.",
         "# Paths are relative to this file. Schema: `compress schema`.",

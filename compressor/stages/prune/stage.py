@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from compressor.counting import model_facts
+from compressor.counting import count_params, model_facts
 from compressor.errors import StageError
 from compressor.forward import call_model, primary_output
 from compressor.graph import (
+    FFN,
+    HEADS,
+    HIDDEN,
     StructureGraph,
     UnitGroup,
     check_supported,
@@ -127,7 +131,17 @@ def prune_step(
             "widths": {},
             "blocks": depth,
         }
+    # Tracing a large model can take a while: say what is happening, then what it found.
+    started = time.perf_counter()
+    ctx.log(
+        f"  tracing {type(model).__name__} ({sum(1 for _ in model.modules())} modules, "
+        f"{count_params(model) / 1e6:.1f}M parameters) to find its coupled channel groups..."
+    )
     graph = StructureGraph(model, state.inputs, ignore=cfg.ignore, prune_hidden=cfg.hidden_prunable)
+    ctx.log(
+        f"  {len(graph.groups())} groups ({len(graph.prunable())} prunable) in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     groups = [
         g
         for g in graph.prunable()
@@ -138,6 +152,7 @@ def prune_step(
             "nothing to prune: no prunable group matches the stage's settings",
             hint="check 'modules'/'ignore'; compress inspect lists prunable groups",
         )
+    unmatched_selectors(cfg, groups, graph.groups(), type(model).__name__)
     for g in groups:
         state.original.setdefault(g.id, g.size)
     blocked = {g.id: g.blocked for g in graph.groups() if g.blocked}
@@ -225,6 +240,42 @@ def prune_once(model, cfg: PruneConfig, ctx, *, importance=None) -> dict[str, An
     """All of ``cfg``'s amounts/target in one step, relative to the model as it is now
     (used by stages that prune inside their own loop, e.g. self-distilled pruning)."""
     return prune_step(model, cfg, ctx, PruneState.for_model(model, ctx), importance=importance)
+
+
+def unmatched_selectors(
+    cfg: PruneConfig, groups: list[UnitGroup], every: list[UnitGroup], model_type: str
+) -> None:
+    """Refuse a stage whose ``heads`` / ``ffn`` / ``hidden`` / ``amounts`` entry matches no
+    prunable group: the run would otherwise succeed with that part silently not done (a
+    "compressed" model of 1.00x when the engine does not recognise the model's attention).
+
+    Raises:
+        StageError: naming the setting that matched nothing and why, as far as is known.
+    """
+    wanted = [
+        ("heads", cfg.heads, lambda g: g.kind == HEADS, "attention heads"),
+        ("ffn", cfg.ffn, lambda g: FFN in g.tags, "transformer MLP (FFN) widths"),
+        ("hidden", cfg.hidden, lambda g: HIDDEN in g.tags, "hidden-size (embedding) channels"),
+    ]
+    wanted += [
+        (f"amounts[{pattern!r}]", value, lambda g, p=pattern: first_match({p: 0}, g.names), "")
+        for pattern, value in cfg.amounts.items()
+    ]
+    for key, value, test, what in wanted:
+        if not value or any(test(g) for g in groups):
+            continue
+        blocked = [g for g in every if test(g) and g.blocked]
+        if blocked:
+            why = f"every such group is blocked ({blocked[0].id!r}: {blocked[0].blocked})"
+        elif what:
+            why = f"compress found no {what} in {model_type}"
+        else:
+            why = "the pattern matches no prunable group"
+        raise StageError(
+            f"prune: {key}: {value} matched nothing to prune: {why}",
+            hint="`compress inspect PLAN` lists the groups compress sees; use 'amount' or "
+            "'amounts' with module patterns for this model, or drop the setting",
+        )
 
 
 def plan_step(

@@ -41,16 +41,18 @@ class WithCustomLayer(nn.Module):
         return self.fc(self.conv2(F.relu(self.scale(self.conv(x)))).mean((2, 3)))
 
 
-def test_unsupported_layer_is_named_with_the_way_out():
+def test_per_channel_free_parameter_is_pruned_with_its_group():
+    # A per-channel scale no layer owns is cut along its channel axis, as Torch-Pruning
+    # does (issue 15); layouts the engine cannot cut are still refused, see
+    # tests/unit/graph/test_free_parameters.py.
     model = WithCustomLayer()
+    gamma = model.scale.gamma.detach().clone()
     graph = StructureGraph(model, DIGITS)
     group = graph.group("conv")
-    assert group.unsupported == ("scale (Scale)",) and group.blocked is None
-    with pytest.raises(StageError) as err:
-        graph.remove(group, [0, 1])
-    assert "'conv'" in str(err.value) and "Scale" in str(err.value)
-    assert "ignore: [scale]" in err.value.hint
-    assert model.conv.out_channels == 8 and model.scale.gamma.shape == (8,)  # nothing edited
+    assert group.unsupported == () and group.blocked is None
+    graph.remove(group, [0, 1])
+    graph.verify()
+    assert model.conv.out_channels == 6 and torch.equal(model.scale.gamma.detach(), gamma[2:])
 
 
 def test_ignored_custom_layer_blocks_its_group_and_stays_intact():
