@@ -42,11 +42,13 @@ format: install
 	$(VENV)/bin/ruff format cli compressor tests sample_models benchmarks
 	$(VENV)/bin/ruff check --fix cli compressor tests sample_models benchmarks
 
-# Retrain the committed sample checkpoints (deterministic, under a minute each).
+# Retrain the committed sample checkpoints (deterministic; under a minute each, the tiny
+# Llama about 10 minutes on 2 cores).
 samples: install
 	$(PY) -m sample_models.digits_mlp.train
 	$(PY) -m sample_models.digits_cnn.train
 	$(PY) -m sample_models.text_transformer.train
+	$(PY) -m sample_models.tiny_llama.train
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -22,8 +22,10 @@ import torch.nn as nn
 
 from compressor.errors import CheckpointError, ExportError, PlanError
 from compressor.formats.compacted import save_compressed
+from compressor.formats.hf.model import HFModel
 from compressor.formats.hf.save import save_hf_folder
 from compressor.formats.hf.tokenizer import write_tokenizer_files
+from compressor.formats.onnx.decoder import export_decoder_onnx
 from compressor.formats.onnx.export import (
     compare,
     describe_failure,
@@ -39,12 +41,10 @@ TOKENIZER_DIR = "tokenizer"  # the rewritten tokenizer, after vocabulary pruning
 
 
 ONNX_NAME = "model.onnx"
-
-
 OPTIMIZED_NAME = "model.optimized.onnx"
-
-
 INT8_NAME = "model.int8.onnx"
+# Causal LMs: the decoder with past key/values, for generation (model.onnx has no cache).
+DECODER_ONNX_NAME = "decoder_with_past.onnx"
 
 
 def check_formats(ctx: Any, formats: list[str]) -> None:
@@ -153,6 +153,13 @@ def export_safetensors(model: nn.Module, ctx: Any, path: Path, manifest: list) -
     }
 
 
+def causal_lm_of(model: nn.Module) -> nn.Module | None:
+    """The transformers ``*ForCausalLM`` inside a causal-LM model, else None."""
+    if isinstance(model, HFModel) and model.task == "causal-lm":
+        return model.model
+    return None
+
+
 def export_onnx_artifacts(model: nn.Module, ctx: Any, out: Path) -> dict[str, Any]:
     """``model.onnx`` (verified), plus the optimised and int8 copies when asked."""
 
@@ -176,6 +183,13 @@ def export_onnx_artifacts(model: nn.Module, ctx: Any, out: Path) -> dict[str, An
                 hint="set export.onnx.optimize: false (model.onnx itself passed)",
             )
         artifacts["onnx_optimized"] = opt
+    lm = causal_lm_of(model)
+    if lm is not None:
+        # A language model is deployed for generation: also the decoder with past key/values
+        # (Optimum / onnxruntime-genai names), verified at prefill and over decode steps.
+        artifacts["onnx_with_past"] = export_decoder_onnx(
+            lm, out / DECODER_ONNX_NAME, atol=max(spec.atol, 1e-4), verify=spec.verify
+        )
     if spec.quantize:
         q = quantize_onnx(out / ONNX_NAME, out / INT8_NAME, external=info["external_data"])
         # int8 changes the numbers by design: the difference is reported, never gated.

@@ -28,6 +28,8 @@ FINAL_ARTIFACTS = (
     "model.optimized.onnx.data",
     "model.int8.onnx",
     "model.int8.onnx.data",
+    "decoder_with_past.onnx",
+    "decoder_with_past.onnx.data",
     "report.json",
     "report.md",
     "report.png",

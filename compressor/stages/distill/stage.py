@@ -37,6 +37,7 @@ from compressor.stages.distill.losses import DistillObjective
 from compressor.stages.distill.self_prune import SelfPruner, norms_eval
 from compressor.stages.distill.synthetic import has_labels, refine_synthetic, training_dataset
 from compressor.stages.distill.teacher_cache import indexed_loader, is_map_style, setup_cache
+from compressor.stages.prune.decoder import is_decoder
 from compressor.stages.registry import (
     register_stage,
 )
@@ -173,6 +174,13 @@ def apply(model, cfg: DistillConfig, ctx):
             report["aligned"] = regularizer.attach(model)
         pruner = None
         if cfg.prune is not None:
+            if is_decoder(model):
+                raise StageError(
+                    "distill.prune (pruning while distilling) works through the graph engine, "
+                    "which decoder LLMs are not pruned through",
+                    hint="put a prune stage (heads/ffn/layers/hidden) before distill: the "
+                    "original still teaches the pruned model",
+                )
             pruner = SelfPruner(
                 cfg.prune, model, ctx, objective, regularizer, recalibrate_norms=not freeze_norm
             )

@@ -101,6 +101,11 @@ class PruneConfig(StageConfig):
     calibration_batches: int = Field(
         8, ge=1, description="Batches used by the taylor and activation criteria."
     )
+    gqa: Literal["groups", "within"] = Field(
+        "groups",
+        description="Decoder LLMs with grouped-query attention: remove whole key/value groups "
+        "(a KV head with its query heads), or query heads within every group (groups kept).",
+    )
 
     @field_validator("modules", "ignore")
     @classmethod

@@ -52,6 +52,7 @@ from compressor.graph.depth import blocks_to_remove, count_blocks, remove_least_
 from compressor.graph.importance import score_groups
 from compressor.graph.probe import WidthProbe
 from compressor.stages.prune.config import PruneConfig, fixed_amount
+from compressor.stages.prune.decoder import is_decoder, prune_decoder_stage
 from compressor.stages.registry import (
     register_stage,
 )
@@ -338,6 +339,8 @@ def _finetune(model, cfg: PruneConfig, ctx, step: int) -> dict[str, Any] | None:
 
 @register_stage("prune", PruneConfig, "Structured pruning: remove whole units, physically.")
 def apply(model, cfg: PruneConfig, ctx):
+    if is_decoder(model):  # a known decoder layout: edited directly, no graph search
+        return prune_decoder_stage(model, cfg, ctx)
     state = PruneState.for_model(model, ctx)
     if cfg.steps > 1 and cfg.finetune_epochs > 0 and not ctx.data.has("train"):
         state.notes.append("no training data: the steps run without fine-tuning in between")
