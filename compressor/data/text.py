@@ -74,7 +74,7 @@ DOCSTRING_MODULES = (
 )
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
-_UNDERLINE = re.compile(r"^\s*([*=\-~^#+])\1{2,}\s*$")
+UNDERLINE_RULE = re.compile(r"^\s*([*=\-~^#+])\1{2,}\s*$")
 _MIN_WORDS = 5
 
 
@@ -84,7 +84,7 @@ def prose_sentences(text: str) -> list[str]:
     for block in re.split(r"\n\s*\n", text):
         lines = [ln for ln in block.splitlines() if ln.strip()]
         # Headings are underlined; indented blocks are code, grammar or examples.
-        lines = [ln for ln in lines if not _UNDERLINE.match(ln)]
+        lines = [ln for ln in lines if not UNDERLINE_RULE.match(ln)]
         if not lines or all(ln.startswith((" ", "\t")) for ln in lines):
             continue
         if any(ln.lstrip().startswith((">>>", "...")) for ln in lines):

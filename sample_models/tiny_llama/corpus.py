@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from compressor.data.text import UNDERLINE_RULE, prose_sentences, pydoc_topics, split_topics
 from compressor.errors import DataError
-from compressor.data.text import _UNDERLINE, prose_sentences, pydoc_topics, split_topics
 
 PYDOC_HELDOUT = 0.2  # the same split as builtin:pydoc's default
 DOCSTRING_HELDOUT = 0.1
@@ -65,7 +65,7 @@ def prose_paragraphs(text: str) -> list[str]:
     """
     paragraphs: list[str] = []
     for block in re.split(r"\n\s*\n", text):
-        lines = [ln for ln in block.splitlines() if ln.strip() and not _UNDERLINE.match(ln)]
+        lines = [ln for ln in block.splitlines() if ln.strip() and not UNDERLINE_RULE.match(ln)]
         if not lines or all(ln.startswith((" ", "\t")) for ln in lines):
             continue
         if any(ln.lstrip().startswith((">>>", "...")) for ln in lines):
