@@ -18,7 +18,6 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
