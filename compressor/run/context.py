@@ -24,7 +24,9 @@ from compressor.formats.registry import LoadedModel
 from compressor.forward import call_model, primary_output
 from compressor.measure.metrics import MetricDef, compute_metric, get_metric
 from compressor.plan.load import load_plan
-from compressor.training.distributed import all_gather_objects, broadcast_object
+
+# The module, not its functions: tests (and tools) replace them on the module.
+from compressor.training import distributed
 
 
 @dataclass
@@ -183,7 +185,7 @@ class RunContext:
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's value on every rank (decisions such as which units to prune)."""
 
-        return broadcast_object(obj, self.distributed)
+        return distributed.broadcast_object(obj, self.distributed)
 
     def _eval_batches(self):
         loader = self.data.loader("eval")
@@ -199,7 +201,9 @@ class RunContext:
         if self.distributed is None:
             return tensors
 
-        return [t for part in all_gather_objects(tensors, self.distributed) for t in part]
+        return [
+            t for part in distributed.all_gather_objects(tensors, self.distributed) for t in part
+        ]
 
     @torch.no_grad()
     def evaluate(

@@ -53,7 +53,6 @@ from compressor.run.state import (
 from compressor.safe_import import allowed_imports as allow_imports_for_run
 from compressor.stages.registry import get_stage
 from compressor.training import distributed
-from compressor.training.distributed import barrier
 
 
 @dataclass
@@ -278,7 +277,7 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
 
     manifest = manifest + diff(before, model)
     if dist is not None:
-        barrier(dist)
+        distributed.barrier(dist)
         if not ctx.is_main_process:
             return RunResult(out, {}, EXIT_OK)
         # Rank 0 alone exports, measures and reports: no more collectives from here on.

@@ -25,7 +25,9 @@ from compressor.data.batches import Batch
 from compressor.errors import StageError
 from compressor.patterns import resolve_modules
 from compressor.spec.base import EXAMPLE_INPUTS, LABELS, TRAIN_DATA, StageConfig
-from compressor.training.distributed import sync_from_rank0
+
+# The module, not its functions: tests (and tools) replace them on the module.
+from compressor.training import distributed
 
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 
@@ -286,7 +288,9 @@ def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description
         """Evaluate, track the best; returns False when training should stop."""
         nonlocal best_metric, best_state, evals_without_gain, metric_text
         if ctx.distributed is not None:
-            sync_from_rank0(model, ctx.distributed)  # every rank evaluates rank 0's weights
+            distributed.sync_from_rank0(
+                model, ctx.distributed
+            )  # every rank evaluates rank 0's weights
         value = ctx.evaluate(model)
         model.train()
         if value is None:
@@ -379,7 +383,7 @@ def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description
                 keep_going = False
             progress.update(task, metric=metric_text)
     if ctx.distributed is not None:
-        sync_from_rank0(model, ctx.distributed)
+        distributed.sync_from_rank0(model, ctx.distributed)
     summary.steps = step
     summary.epochs = step / max(1, batches_per_epoch)
     summary.seconds = time.perf_counter() - start

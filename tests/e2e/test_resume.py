@@ -342,14 +342,14 @@ def test_a_run_removes_what_a_killed_run_left_and_nothing_else(tmp_path):
 def test_an_export_that_fails_leaves_no_earlier_artifacts_beside_it(tmp_path, monkeypatch):
     plan, out = quick_plan(tmp_path), tmp_path / "out"
     assert invoke("run", plan, "--out", out, "--no-bench").exit_code == 0
-    import compressor.export
+    import compressor.formats.export
 
     from compressor.errors import ExportError
 
     def broken(*args, **kwargs):
         raise ExportError("ONNX export of model.onnx failed: simulated")
 
-    monkeypatch.setattr(compressor.export, "export_model", broken)
+    monkeypatch.setattr(compressor.formats.export, "export_model", broken)
     assert_fails_cleanly(invoke("run", plan, "--out", out, "--no-bench"), 3, "simulated")
     # No report of the earlier run describing a model this run did not write.
     assert not [p.name for p in out.iterdir() if p.name.startswith(("model.", "report."))]

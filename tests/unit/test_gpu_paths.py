@@ -90,7 +90,7 @@ def test_cpu_timing_uses_the_host_clock():
 def test_report_names_gpu_driver_and_versions(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200")
     monkeypatch.setattr(torch.version, "cuda", "12.8")
-    import compressor.runner as runner
+    import compressor.run.environment as runner
 
     monkeypatch.setattr(runner, "_nvidia_driver", lambda: "570.86")
     info = run_environment(torch.device("cuda", 0), None)

@@ -14,37 +14,8 @@ from safetensors.torch import load_file
 from compressor.errors import CheckpointError
 from compressor.formats.compacted import fit_tensors_to_state, retie
 from compressor.formats.hf.model import HFModel, require_transformers
-from compressor.formats.hf.save import build_from_config_dict
+from compressor.formats.hf.save import WEIGHTS_NAME, build_from_config_dict
 from compressor.formats.manifest import apply_manifest
-
-FORMAT_VERSION = 1
-
-
-WEIGHTS_NAME = "model.safetensors"
-
-
-# Config fields that set the FFN width of every layer, by architecture family.
-FFN_KEYS = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim", "d_ff")
-
-
-# Files of a source folder that belong to the tokenizer / processor / sentence-transformers.
-SIDE_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "modules.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
-)
 
 
 def read_config(folder: Path | str) -> dict[str, Any]:
