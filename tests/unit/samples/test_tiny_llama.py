@@ -111,12 +111,6 @@ def test_heldout_perplexity_is_well_below_unigram_and_vocabulary(loaded, heldout
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the committed model is undertrained (360 steps on a shared machine): held-out "
-    "perplexity 258.7 vs unigram 731.4, 2.8x below it, not 4x; retrain with more steps and "
-    "remove this marker (strict, so meeting the bound fails here as a reminder)",
-)
 def test_heldout_perplexity_is_far_below_a_unigram_model(heldout_vs_unigram):
     ppl, unigram = heldout_vs_unigram
     assert ppl < unigram / 4, f"held-out perplexity {ppl:.1f} vs unigram {unigram:.1f}"
