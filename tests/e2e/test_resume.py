@@ -343,7 +343,6 @@ def test_an_export_that_fails_leaves_no_earlier_artifacts_beside_it(tmp_path, mo
     plan, out = quick_plan(tmp_path), tmp_path / "out"
     assert invoke("run", plan, "--out", out, "--no-bench").exit_code == 0
     import compressor.formats.export
-
     from compressor.errors import ExportError
 
     def broken(*args, **kwargs):
