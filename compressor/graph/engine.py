@@ -3,7 +3,8 @@
 Built on Torch-Pruning's dependency graph (traced through autograd on the example inputs),
 which links every tensor that shares a channel dimension: residual additions, concatenation
 (with offsets), flatten into Linear, norms, depthwise and grouped convolutions, chunked GLUs.
-This module adds what a compression tool needs on top:
+This module adds what a compression tool needs on top (one class over one traced graph,
+about 480 lines: its methods share the graph's invariants, so it is not split further):
 
 * whole attention heads as units, with ``num_heads``/``all_head_size``-style attributes kept
   true (``compressor.graph.attention``); torch's ``nn.MultiheadAttention`` is first swapped
