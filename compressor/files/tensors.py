@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Through the module: replacing safetensors' functions (tests simulating a full disk)
+# must reach every writer.
+import safetensors.torch
 import torch
-from safetensors.torch import load_file
 
 from compressor.errors import CheckpointError
 from compressor.files.safetensors_header import read_header
@@ -133,7 +136,7 @@ def read_tensor_mapping(path: Path, *, trust_pickle: bool = False, what: str = "
     if suffix == ".safetensors":
         read_header(path)
         try:
-            return load_file(str(path))
+            return safetensors.torch.load_file(str(path))
         except Exception as e:
             raise CheckpointError(f"{what} {path}: unreadable safetensors ({e})") from None
     if suffix == ".npz":

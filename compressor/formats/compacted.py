@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Through the module: replacing safetensors' functions (tests simulating a full disk)
+# must reach every writer.
+import safetensors.torch
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
 from compressor.errors import CheckpointError, ExportError, explain, is_out_of_memory
 from compressor.files.atomic import atomic_path
@@ -174,7 +176,7 @@ def save_compressed(
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            save_file(stored, str(tmp), metadata=metadata)
+            safetensors.torch.save_file(stored, str(tmp), metadata=metadata)
             canonicalize_header(tmp)
     except Exception as e:  # OSError, or safetensors' own error type for I/O failures
         explained = explain(e)
@@ -390,7 +392,7 @@ def _rebuild(model: nn.Module, path: Path, manifest: list, aliases: dict, encode
 
     sync_configs(model, manifest)  # configs are not modules: redo the layer-count edits
     try:
-        stored = load_file(str(path))
+        stored = safetensors.torch.load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path}: cannot read tensors ({e})", hint=_DAMAGED) from None
     state = decode_state(stored, encoded, path)

@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+# Through the module: replacing safetensors' functions (tests simulating a full disk)
+# must reach every writer.
+import safetensors.torch
 import torch.nn as nn
-from safetensors.torch import load_file
 
 from compressor.errors import CheckpointError
 from compressor.formats.compacted import fit_tensors_to_state, retie
@@ -56,7 +58,7 @@ def from_pretrained(folder: Path | str) -> nn.Module:
     model = build_from_config_dict(cls, data, meta=False)
     apply_manifest(model, info.get("manifest") or [])
     try:
-        state = load_file(str(weights))
+        state = safetensors.torch.load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{weights}: cannot read tensors ({e})") from None
     aliases = info.get("aliases") or {}

@@ -34,9 +34,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# Through the module: replacing safetensors' functions (tests simulating a full disk)
+# must reach every writer.
+import safetensors.torch
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
 from compressor.errors import CheckpointError, ExportError
 from compressor.formats.compacted import dedupe_state
@@ -309,7 +311,7 @@ def save_hf_folder(
     stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         (stage / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        save_file(state, str(stage / WEIGHTS_NAME), metadata={"format": "pt"})
+        safetensors.torch.save_file(state, str(stage / WEIGHTS_NAME), metadata={"format": "pt"})
         for path in side:
             if path.is_dir():
                 shutil.copytree(path, stage / path.name)

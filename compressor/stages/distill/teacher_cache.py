@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Through the module: replacing safetensors' functions (tests simulating a full disk)
+# must reach every writer.
+import safetensors.torch
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -225,7 +227,7 @@ class TeacherCache:
 
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            save_file(
+            safetensors.torch.save_file(
                 {k: v.contiguous() for k, v in self.tensors.items()},
                 str(tmp),
                 metadata={"fingerprint": fingerprint},
