@@ -20,7 +20,7 @@ from compressor.forward import TORCH_DTYPES
 _TOKEN_INPUTS = ("input_ids", "x", "ids", "tokens", "token_ids")
 
 
-def _position_limit(model: nn.Module) -> tuple[str, int] | None:
+def position_limit(model: nn.Module) -> tuple[str, int] | None:
     """The longest sequence the model's learned position table allows (name, length).
 
     RoBERTa-style tables start counting after the padding index (positions are
@@ -63,7 +63,7 @@ def check_inputs_fit(model: nn.Module, specs: Mapping[str, Any], *, what: str = 
     }
     if not tokens:
         return
-    positions = _position_limit(model)
+    positions = position_limit(model)
     if positions is not None:
         table, limit = positions
         for name, spec in tokens.items():

@@ -361,7 +361,7 @@ def test_a_writer_killed_mid_write_leaves_only_a_hidden_temporary(tmp_path):
     target = tmp_path / "model.safetensors"
     code = (
         "import os, sys\n"
-        "from compressor.artifacts import atomic_path\n"
+        "from compressor.files.atomic import atomic_path\n"
         "with atomic_path(sys.argv[1]) as tmp:\n"
         "    tmp.write_bytes(b'half a model')\n"
         "    os.kill(os.getpid(), 9)\n"
@@ -389,8 +389,8 @@ def test_the_same_model_gives_the_same_bytes_in_every_process(tmp_path):
     # sorts it, or no two runs (and no resumed run) could produce identical files.
     code = (
         "import sys, torch\n"
-        "from compressor.architecture import ArchitectureRef\n"
-        "from compressor.artifacts import save_compressed\n"
+        "from compressor.formats.architecture import ArchitectureRef\n"
+        "from compressor.formats.compacted import save_compressed\n"
         "torch.manual_seed(0)\n"
         "save_compressed(torch.nn.Linear(3, 2), sys.argv[1],\n"
         "                architecture=ArchitectureRef('factory', 'a.b:c'), manifest=[])\n"
@@ -411,7 +411,7 @@ def test_lock_is_released_by_the_kernel_when_its_holder_dies(tmp_path):
     code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from compressor.runner import OutputLock\n"
+        "from compressor.run.lock import OutputLock\n"
         "OutputLock(Path(sys.argv[1])).__enter__()\n"
         "os.kill(os.getpid(), 9)\n"
     )

@@ -30,6 +30,7 @@ from compressor.formats.architecture import ArchitectureRef, register_builder
 from compressor.formats.hf.folder import from_pretrained
 from compressor.formats.hf.model import DEFAULT_SEQ_LEN, HFModel, require_transformers
 from compressor.formats.hf.paths import resolve_hf_path, unmangle_path
+from compressor.formats.input_checks import position_limit
 from compressor.formats.registry import LoadedModel, register_folder_loader
 from compressor.spec.sections import InputSpec
 
@@ -139,6 +140,9 @@ def default_input_specs(model: HFModel, seq_len: int = DEFAULT_SEQ_LEN) -> dict[
 
     config = model.model.config
     specs: dict[str, Any] = {}
+    limit = position_limit(model)
+    if limit is not None:  # a small position table: examples no longer than it can take
+        seq_len = min(seq_len, limit[1])
     if "pixel_values" in model.accepts:
         size = getattr(config, "image_size", 224)
         channels = getattr(config, "num_channels", 3)

@@ -6,7 +6,9 @@ cross-correlation), ``teacher_cache``, ``augment`` (token replacement), ``synthe
 ``stage`` (``apply``). Importing this package registers the stage.
 """
 
-# Importing the stage module registers the stage; ``apply`` is its function.
+# Importing the stage module registers the stage; the stage's public names, as before the
+# method had a folder.
+from compressor.stages.distill.config import DistillConfig
 from compressor.stages.distill.stage import apply
 
-__all__ = ["apply"]
+__all__ = ["DistillConfig", "apply"]

@@ -4,7 +4,9 @@
 (``compressor.graph``). Importing this package registers the stage.
 """
 
-# Importing the stage module registers the stage; ``apply`` is its function.
-from compressor.stages.prune.stage import apply
+# Importing the stage module registers the stage; the stage's public names, as before the
+# method had a folder.
+from compressor.stages.prune.config import PruneConfig, PruneTarget
+from compressor.stages.prune.stage import PruneState, apply, prune_once, prune_step
 
-__all__ = ["apply"]
+__all__ = ["PruneConfig", "PruneState", "PruneTarget", "apply", "prune_once", "prune_step"]

@@ -5,7 +5,13 @@
 stage (``apply``). Importing this package registers the stage.
 """
 
-# Importing the stage module registers the stage; ``apply`` is its function.
+# Importing the stage module registers the stage; the stage's public names, as before the
+# method had a folder.
+from compressor.stages.share.config import (
+    ClusterWeightsConfig,
+    FuseLayersConfig,
+    MergeNeuronsConfig,
+)
 from compressor.stages.share.stage import apply
 
-__all__ = ["apply"]
+__all__ = ["ClusterWeightsConfig", "FuseLayersConfig", "MergeNeuronsConfig", "apply"]

@@ -1,4 +1,4 @@
-"""A real RunContext on a sample model, as ``compressor.runner`` builds one."""
+"""A real RunContext on a sample model, as ``compressor.run.runner`` builds one."""
 
 from __future__ import annotations
 
