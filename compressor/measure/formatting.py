@@ -3,8 +3,6 @@ terminal tables and ``report.md``."""
 
 from __future__ import annotations
 
-from compressor.measure.gates import check_gates  # noqa: F401  (the runner calls report.check_gates)
-
 
 def fmt_bytes(n: float | None) -> str:
     """Decimal units (1 MB = 10^6 bytes), as disk sizes are usually quoted."""

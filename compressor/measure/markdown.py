@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from compressor.measure.formatting import fmt_bytes
-from compressor.measure.gates import check_gates  # noqa: F401  (the runner calls report.check_gates)
 from compressor.measure.tables import comparison_rows, headline, run_entries
 
 

@@ -10,7 +10,6 @@ from rich.table import Table
 from rich.text import Text
 
 from compressor.measure.formatting import fmt_bytes, fmt_count, fmt_ratio, short_runtime
-from compressor.measure.gates import check_gates  # noqa: F401  (the runner calls report.check_gates)
 
 SIZE_ORDER = ("safetensors", "onnx", "onnx_optimized", "onnx_int8", "hf", "checkpoint")
 

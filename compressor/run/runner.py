@@ -39,6 +39,7 @@ from compressor.formats.loading import load_model
 from compressor.formats.manifest import diff, snapshot
 from compressor.measure import bench as bench_mod
 from compressor.measure import report as report_mod
+from compressor.measure.gates import check_gates
 from compressor.plan.checks import LoadedPlan
 from compressor.run.context import RunContext
 from compressor.run.environment import resolve_device, run_environment
@@ -309,7 +310,7 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
             name: {"before": also_before.get(name), "after": value}
             for name, value in also_after.items()
         }
-    failures = report_mod.check_gates(report, plan.gates, extra_gates)
+    failures = check_gates(report, plan.gates, extra_gates)
     report["gates"]["failed"] = failures
     if restore:
         report["resumed_stages"] = list(range(restore))
