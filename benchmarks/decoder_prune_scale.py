@@ -3,7 +3,9 @@
     PYTHONPATH=. python benchmarks/decoder_prune_scale.py [--layers 22 --hidden 2048 ...]
 
 Prunes half the MLP width and a quarter of the layers (magnitude importance; block
-influence on one random-token batch), then writes compress's model.safetensors. Prints time
+influence on one random-token batch), then writes compress's model.safetensors and a Hugging
+Face folder (``save_hf_folder``: stock config), and reloads that folder with plain
+``AutoModelForCausalLM`` to check it is the pruned shape. Prints time
 and peak resident memory per phase (ru_maxrss: the process's high-water mark, so each
 figure is the peak up to the end of that phase) against the model's fp32 bytes, and ends
 with one ``RESULT {json}`` line.
@@ -45,6 +47,7 @@ def main() -> None:
 
     from compressor.formats.architecture import ArchitectureRef
     from compressor.formats.compacted import save_compressed
+    from compressor.formats.hf.save import save_hf_folder
     from compressor.formats.manifest import diff, snapshot
     from compressor.graph.decoder import prune_decoder
 
@@ -83,8 +86,24 @@ def main() -> None:
             codebooks=False,
         )
         size = saved.size_bytes
-    rows.append(("export safetensors", time.perf_counter() - t, peak_bytes()))
+        rows.append(("export safetensors", time.perf_counter() - t, peak_bytes()))
+        t = time.perf_counter()
+        info = save_hf_folder(model, Path(tmp) / "hf")
+        hf_bytes = sum(f.stat().st_size for f in (Path(tmp) / "hf").rglob("*") if f.is_file())
+        rows.append(("export hf folder", time.perf_counter() - t, peak_bytes()))
+        del model  # the reload is a second copy; what a user's next process would hold
+        t = time.perf_counter()
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf")
+        shape = {
+            "layers": reloaded.config.num_hidden_layers,
+            "intermediate_size": reloaded.config.intermediate_size,
+            "params": sum(p.numel() for p in reloaded.parameters()),
+            "plain_transformers": info.get("plain_transformers"),
+        }
+        del reloaded
+        rows.append(("reload hf (plain)", time.perf_counter() - t, peak_bytes()))
     print(f"model: {fp32 / 1e9:.2f} GB fp32, params {result.report['params']}")
+    print(f"hf folder: {hf_bytes / 1e9:.2f} GB, reloaded with AutoModelForCausalLM: {shape}")
     print(f"{'phase':<20}{'seconds':>10}{'peak RSS GB':>14}{'x fp32':>9}")
     for name, sec, peak in rows:
         print(f"{name:<20}{sec:>10.1f}{peak / 1e9:>14.2f}{peak / fp32:>9.2f}")
@@ -95,6 +114,8 @@ def main() -> None:
                 "fp32_bytes": fp32,
                 "baseline_rss": base,
                 "file_bytes": size,
+                "hf_folder_bytes": hf_bytes,
+                "reloaded": shape,
                 "params": result.report["params"],
                 "phases": {
                     n: {"seconds": round(s, 2), "peak_rss": p, "x_fp32": round(p / fp32, 3)}

@@ -57,6 +57,15 @@ def primary_output(output: Any) -> torch.Tensor:
     )
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """True for a causal language model (a ``causal-lm`` task or a transformers
+    ``*ForCausalLM``): its logits at position t predict token t + 1, so a loss against
+    ``labels = input_ids`` must shift by one."""
+    if getattr(model, "task", None) == "causal-lm":
+        return True
+    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
 def model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device

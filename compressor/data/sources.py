@@ -7,7 +7,9 @@ A source is a string in the plan:
 * a tensors file – ``.safetensors``, ``.npz`` or ``.pt`` holding one tensor per model input
   (by name) plus optional labels (``labels``/``label``/``target``/``targets``/``y``).
 * a text file – ``.txt`` (one example per line, unlabelled), ``.jsonl`` (``{"text", "label"}``)
-  or ``.csv`` (columns ``text`` and optional ``label``), tokenized with the model's tokenizer.
+  or ``.csv`` (columns ``text`` and optional ``label``), tokenized with the model's tokenizer;
+  with ``?block=N`` its lines are documents of running text cut into N-token causal-LM blocks
+  (``compressor.data.lm_blocks``; ``limit=M`` keeps the first M blocks).
 * ``package.module:function`` (optionally ``?key=value&...`` passed as keyword arguments) that
   returns a ``Dataset`` or ``DataLoader`` of ``(inputs, label)`` pairs or dicts.
 
@@ -37,6 +39,8 @@ from compressor.data.batches import (
     fit_to_layout,
 )
 from compressor.data.english import ENGLISH_BUILTINS
+from compressor.data.lm_blocks import token_blocks
+from compressor.data.python_docs import PYTHON_DOCS_BUILTINS
 from compressor.data.text import TEXT_BUILTINS
 from compressor.errors import DataError
 from compressor.files.tensors import read_tensor_mapping
@@ -176,6 +180,15 @@ def _load_text_file(
             hint="use an hf model folder with tokenizer files, or set model.tokenizer",
         )
     texts, labels = _read_text_records(path, options)
+    if "block" in options:  # running text for a causal LM: consecutive token blocks
+        if labels:
+            raise DataError(
+                f"{path}: ?block= cuts text into language-model blocks, and this file has labels",
+                hint="drop the label field, or drop ?block= for a classification dataset",
+            )
+        return token_blocks(
+            texts, tokenizer, layout, str(path), block=options["block"], limit=options.get("limit")
+        )
     encoded = tokenizer(texts)
     arrays = {n: t for n, t in encoded.items() if n in layout.names}
     missing = [n for n in layout.names if n not in arrays]
@@ -214,6 +227,7 @@ BUILTINS: dict[str, Callable[[Mapping[str, str], InputLayout], NamedTensorDatase
     "digits": _digits,
     **TEXT_BUILTINS,  # builtin:pydoc, builtin:docstrings (compressor.data.text)
     **ENGLISH_BUILTINS,  # builtin:wordnet, news, reviews, mix (compressor.data.english)
+    **PYTHON_DOCS_BUILTINS,  # builtin:python_docs: causal-LM token blocks
 }
 
 

@@ -12,6 +12,8 @@ import torch
 from compressor.errors import CheckpointError
 
 Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
+# End-of-sequence tokens of common tokenizer families (Llama/Mistral, GPT-2/Qwen, Llama 3, Gemma).
+EOS_TOKENS = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>")
 
 
 def load_tokenizer(path: Path, max_length: int) -> Tokenize:
@@ -42,6 +44,10 @@ def tokenizer_callable(tok: Any, max_length: int) -> Tokenize:
     pad_id = tok.token_to_id("[PAD]")
     if pad_id is None:
         pad_id = tok.token_to_id("<pad>")
+    # Whole documents (causal-LM token streams) are encoded by an unpadded, untruncated copy.
+    whole = type(tok).from_str(tok.to_str())
+    whole.no_truncation()
+    whole.no_padding()
     tok.enable_truncation(max_length)
     tok.enable_padding(pad_id=pad_id or 0, length=max_length)
 
@@ -53,6 +59,14 @@ def tokenizer_callable(tok: Any, max_length: int) -> Tokenize:
             "token_type_ids": torch.tensor([e.type_ids for e in encodings], dtype=torch.long),
         }
 
+    def stream_ids(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in whole.encode_batch(texts)]
+
+    tokenize.stream_ids = stream_ids  # type: ignore[attr-defined]
+    tokenize.eos_id = next(  # type: ignore[attr-defined]
+        (i for name in EOS_TOKENS if (i := tok.token_to_id(name)) is not None), None
+    )
+    tokenize.pad_id = pad_id  # type: ignore[attr-defined]
     return tokenize
 
 

@@ -14,6 +14,19 @@ layers store weights transposed: ``compressor.graph.layers``) are covered. Only 
 imports ``torch_pruning``.
 """
 
+import sys
+
+# Torch-Pruning imports timm, when installed, only for its own FLOP counter (compress counts
+# MACs with torch's), and timm imports torchvision: about 5 s of every command's start-up.
+# Importing it with timm hidden skips that; a timm model the user loads later imports timm
+# as usual (and one already imported stays as it is).
+if "torch_pruning" not in sys.modules and "timm" not in sys.modules:
+    sys.modules["timm"] = None  # type: ignore[assignment]  # makes `import timm` fail fast
+    try:
+        import torch_pruning  # noqa: F401
+    finally:
+        del sys.modules["timm"]
+
 from compressor.graph.engine import StructureGraph
 from compressor.graph.groups import (
     CHANNELS,

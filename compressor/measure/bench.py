@@ -24,12 +24,15 @@ from compressor.counting import model_facts
 from compressor.data.bundle import DataBundle
 from compressor.errors import PlanError
 from compressor.formats.compacted import is_compressed_file
+from compressor.formats.export import causal_lm_of
 from compressor.formats.loading import example_inputs, load_model
+from compressor.formats.onnx.decoder import export_decoder_onnx
 from compressor.formats.onnx.export import artifact_size, export_onnx, onnx_input_specs
 from compressor.formats.onnx.session import OnnxModel
 from compressor.forward import primary_output, resize_batch
 from compressor.measure.inspect import parse_input_option
 from compressor.measure.latency import Subject, measure
+from compressor.measure.lm import GenerationBenchSpec, generation_ratios, measure_generation
 from compressor.measure.metrics import compute_metric, get_metric
 from compressor.measure.report import compute_ratios
 from compressor.plan.load import load_plan
@@ -102,10 +105,87 @@ def bench_run(
             comp.probes["onnxruntime"] = {"kind": "onnx", "path": str(comp.onnx_path.resolve())}
         log = (lambda m: ctx.log(f"[dim]{m}[/]")) if not ctx.quiet else (lambda _m: None)
         result = measure([orig, comp], spec, example, log=log, safe=ctx.plan.safe)
+        generation = bench_generation(original, compressed, spec, artifacts, Path(tmp), log)
+        if generation is not None:
+            result["generation"] = generation
     if orig.onnx_export is not None:
         result["models"]["original"]["size_bytes"] = {"onnx": orig.onnx_export["size_bytes"]}
         result["original_onnx"] = {k: v for k, v in orig.onnx_export.items() if k != "path"}
     return result
+
+
+def bench_generation(
+    original: nn.Module,
+    compressed: nn.Module,
+    spec: Any,
+    artifacts: dict[str, Any],
+    tmp: Path,
+    log: Any,
+) -> dict[str, Any] | None:
+    """Prefill latency, decode tokens/s and KV bytes per token of a run's two causal LMs
+    (None when the model is not one, or ``bench.generation.enabled`` is false).
+
+    onnxruntime times the decoders with past key/values: the compressed model's
+    ``decoder_with_past.onnx`` when the run exported it, the original's exported (and
+    verified) into ``tmp``. Ratios are compressed / original."""
+    options = spec.generation
+    lms = {"original": causal_lm_of(original), "compressed": causal_lm_of(compressed)}
+    if options.enabled is False or any(m is None for m in lms.values()):
+        return None
+    gen_spec = _generation_spec(spec)
+    runtimes = tuple(r for r in ("torch", "onnxruntime") if r in spec.runtimes)
+    onnx_paths: dict[str, Path] = {}
+    if "onnxruntime" in runtimes:
+        log("bench: exporting the original's decoder with past key/values for onnxruntime")
+        onnx_paths["original"] = Path(
+            export_decoder_onnx(lms["original"], tmp / "original_with_past.onnx")["path"]
+        )
+        done = artifacts.get("onnx_with_past")
+        onnx_paths["compressed"] = Path(
+            done["path"]
+            if done
+            else export_decoder_onnx(lms["compressed"], tmp / "compressed_with_past.onnx")["path"]
+        )
+    result = measure_generation(lms, gen_spec, onnx_paths=onnx_paths, runtimes=runtimes, log=log)
+    result["ratios"] = generation_ratios(result, "original", "compressed")
+    return result
+
+
+def bench_subjects_generation(
+    subjects: list[Subject], spec: Any, tmp: Path, log: Any
+) -> dict[str, Any] | None:
+    """``compress bench``: the generation figures of every torch subject that is a causal LM
+    (None when there is none, or ``bench.generation.enabled`` is false); each is exported
+    with past key/values into ``tmp`` for onnxruntime."""
+    lms = {s.name: causal_lm_of(s.torch_model) for s in subjects if s.torch_model is not None}
+    lms = {n: m for n, m in lms.items() if m is not None}
+    if not lms or spec.generation.enabled is False:
+        return None
+    runtimes = tuple(r for r in ("torch", "onnxruntime") if r in spec.runtimes)
+    paths: dict[str, Path] = {}
+    if "onnxruntime" in runtimes:
+        for i, (name, lm) in enumerate(lms.items()):
+            log(f"  exporting {name}'s decoder with past key/values for onnxruntime")
+            paths[name] = Path(export_decoder_onnx(lm, tmp / f"lm{i}_with_past.onnx")["path"])
+    return measure_generation(
+        lms, _generation_spec(spec), onnx_paths=paths, runtimes=runtimes, log=log
+    )
+
+
+def _generation_spec(spec: Any) -> GenerationBenchSpec:
+    """The generation bench of a ``BenchSpec`` (its rounds, threads and budget)."""
+    options = spec.generation
+    return GenerationBenchSpec(
+        prefill_shapes=options.shapes(),
+        decode_batch=options.decode_batch,
+        decode_prompt_len=options.prompt_len,
+        new_tokens=options.new_tokens,
+        warmup=max(1, min(spec.warmup, 2)),
+        rounds=spec.rounds,
+        iterations=max(1, min(spec.iterations, 3)),
+        threads=spec.threads,
+        budget_s=spec.budget_s,
+    )
 
 
 # ------------------------------------------------------------------ compress bench
@@ -317,6 +397,7 @@ def bench_paths(paths: list[Path], *, log: Any = None, **options: Any) -> dict[s
                     s.sizes["onnx"] = s.onnx_export["size_bytes"]
                     s.probes["onnxruntime"] = {"kind": "onnx", "path": str(s.onnx_path)}
         measured = measure(setup.subjects, spec, example, log=log, safe=options.get("safe", False))
+        generation = bench_subjects_generation(setup.subjects, spec, Path(tmp), log)
     used = {s.name: s.onnx_export["exporter"] for s in setup.subjects if s.onnx_export}
     if len(set(used.values())) > 1:
         measured["notes"].append(
@@ -327,6 +408,8 @@ def bench_paths(paths: list[Path], *, log: Any = None, **options: Any) -> dict[s
         entry.update(size_bytes=s.sizes, metric=metrics.get(s.name), **measured["models"][s.name])
         if s.onnx_export is not None:
             entry["onnx_export"] = {k: v for k, v in s.onnx_export.items() if k != "path"}
+        if generation is not None and s.name in generation["models"]:
+            entry["generation"] = generation["models"][s.name]
     ratios = [
         {
             "model": e["name"],
@@ -335,6 +418,11 @@ def bench_paths(paths: list[Path], *, log: Any = None, **options: Any) -> dict[s
         }
         for e in entries[1:]
     ]
+    if generation is not None and entries[0]["name"] in generation["models"]:
+        for r in ratios:
+            if r["model"] in generation["models"]:
+                r["generation"] = generation_ratios(generation, r["baseline"], r["model"])
+        measured["notes"] += generation["notes"]
     return {
         "schema_version": BENCH_SCHEMA_VERSION,
         "kind": "bench",
@@ -367,12 +455,13 @@ def evaluate_subjects(subjects: list[Subject], data: Any, log: Any) -> dict[str,
         for batch in data.loader("eval"):
             targets.append(batch.target)
             for n, run in runners.items():
-                outputs[n].append(primary_output(run(**batch.inputs)).float().cpu())
+                # Only the metric's compact form of each batch is kept (LM logits are big).
+                outputs[n].append(metric.keep(primary_output(run(**batch.inputs)), batch.target))
     teacher = outputs[subjects[0].name] if metric.needs_teacher else None
     return {
         n: {
             "name": metric.name,
-            "value": compute_metric(metric, outputs[n], targets, teacher),
+            "value": compute_metric(metric, outputs[n], targets, teacher, kept=True),
             "higher_is_better": metric.higher_is_better,
         }
         for n in runners

@@ -17,7 +17,25 @@ GATES: dict[str, tuple[str, str]] = {
     "max_params_ratio": ("<=", "parameter ratio"),
     "max_macs_ratio": ("<=", "MAC ratio"),
     "max_latency_ms": ("<=", "compressed p50 latency in ms"),
+    "min_decode_speedup": (">=", "decode tokens/s ratio (compressed / original, KV cache)"),
+    "max_prefill_ratio": ("<=", "prefill latency ratio (compressed / original p50)"),
 }
+
+
+def _generation_figure(report: dict[str, Any], gate: str) -> tuple[float | None, str]:
+    """A causal LM's generation ratio: onnxruntime when it was timed, else torch; prefill at
+    the first shape measured."""
+    ratios = (report.get("generation") or {}).get("ratios") or {}
+    by_runtime = ratios.get(
+        "decode_tokens_per_s" if gate == "min_decode_speedup" else "prefill_latency", {}
+    )
+    runtime = next((r for r in ("onnxruntime", "torch") if r in by_runtime), None)
+    if runtime is None:
+        return None, ""
+    if gate == "min_decode_speedup":
+        return by_runtime[runtime], runtime
+    shape, value = next(iter(by_runtime[runtime].items()))
+    return value, f"{runtime}, {shape}"
 
 
 def _measured(report: dict[str, Any], gate: str) -> tuple[float | None, str, str]:
@@ -48,6 +66,9 @@ def _measured(report: dict[str, Any], gate: str) -> tuple[float | None, str, str
             else None
         )
         return value, f"p50, {where}", no_bench
+    if gate in ("min_decode_speedup", "max_prefill_ratio"):
+        value, where = _generation_figure(report, gate)
+        return value, where, "no generation speed was measured (not a causal LM, or bench off)"
     if gate == "max_size_ratio":
         return ratios.get("size"), ratios.get("size_basis") or "", "no size was measured"
     if gate == "max_params_ratio":

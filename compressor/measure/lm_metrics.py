@@ -20,10 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from compressor.data.lm_blocks import IGNORE_INDEX
 from compressor.errors import DataError
 from compressor.forward import primary_output
-
-IGNORE_INDEX = -100  # the label transformers and torch's cross-entropy skip
 
 
 def _as_blocks(
@@ -156,33 +155,78 @@ def _agreement_counts(
 
 
 # ------------------------------------------------------------------ registry adapters
+#
+# The registered metrics see one batch at a time first (``compact_*``): (N, T, vocab) logits
+# shrink to one number per position, so an evaluation set of any size and vocabulary is kept
+# as (N, T) tensors, never as concatenated logits. The ``*_from_compact`` functions then
+# reduce the whole set.
 
 
-def perplexity_from_logits(
-    logits: torch.Tensor, labels: torch.Tensor | None, _teacher: torch.Tensor | None = None
-) -> float:
-    """Perplexity of (N, T, V) logits against (N, T) token ids (``IGNORE_INDEX`` skipped)."""
+def _check_lm_shapes(logits: torch.Tensor, labels: torch.Tensor | None) -> None:
     if labels is None or logits.dim() != 3 or labels.shape != logits.shape[:2]:
         got = None if labels is None else list(labels.shape)
         raise DataError(
             f"perplexity needs (N, T, vocab) logits and (N, T) token-id labels; got logits "
             f"{list(logits.shape)} and labels {got}",
-            hint="use metric perplexity with a causal LM on token-id data (labels = input_ids)",
+            hint="use metric perplexity with a causal LM on token blocks (e.g. "
+            "builtin:python_docs, or a .txt file with ?block=256): labels = input_ids",
         )
-    total, count = nll_sum(logits, labels.long())
-    if count == 0:
-        raise DataError("perplexity: no token to predict", hint="give non-empty token blocks")
-    return math.exp(total / count)
 
 
-def agreement_from_logits(
-    logits: torch.Tensor, _labels: torch.Tensor | None, teacher: torch.Tensor | None
+def compact_nll(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Per-position next-token negative log-likelihood (N, T - 1); NaN where the next label
+    is ``IGNORE_INDEX`` (padding)."""
+    _check_lm_shapes(logits, labels)
+    target = labels[:, 1:].long().to(logits.device)
+    nll = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2),
+        target.clamp_min(0),
+        reduction="none",
+    )
+    return nll.masked_fill(target == IGNORE_INDEX, float("nan")).cpu()
+
+
+def perplexity_from_compact(
+    nll: torch.Tensor, _labels: torch.Tensor | None, _teacher: torch.Tensor | None = None
 ) -> float:
-    """Share of positions whose argmax equals the teacher's."""
-    if teacher is None or teacher.shape[:-1] != logits.shape[:-1]:
+    """exp of the mean of the per-position losses of :func:`compact_nll` (token-weighted)."""
+    real = nll[~torch.isnan(nll)]
+    if real.numel() == 0:
+        raise DataError("perplexity: no token to predict", hint="give non-empty token blocks")
+    return math.exp(float(real.double().mean()))
+
+
+def compact_argmax(logits: torch.Tensor, _labels: torch.Tensor | None) -> torch.Tensor:
+    """The greedy next token at every position, (N, T), as float (ids below 2**24 are exact),
+    with the vocabulary size appended as a last column so vocabularies can be compared."""
+    if logits.dim() < 2:
+        raise DataError(
+            f"next_token_agreement needs (N, T, vocab) logits, got {list(logits.shape)}",
+            hint="use it with a causal LM",
+        )
+    top = logits.argmax(-1).float()
+    vocab = torch.full((*top.shape[:-1], 1), float(logits.shape[-1]))
+    return torch.cat([top.cpu(), vocab], dim=-1)
+
+
+def agreement_from_compact(
+    student: torch.Tensor, labels: torch.Tensor | None, teacher: torch.Tensor | None
+) -> float:
+    """Share of real positions (labels not ``IGNORE_INDEX``) whose greedy token equals the
+    teacher's, from :func:`compact_argmax` of both."""
+    if teacher is None or teacher.shape != student.shape:
         raise DataError(
             "next_token_agreement needs the teacher's logits of the same shape",
             hint="set teacher: original",
         )
-    same, count = _agreement_counts(logits, teacher, None)
-    return same / max(count, 1)
+    s_vocab, t_vocab = int(student[..., -1].flatten()[0]), int(teacher[..., -1].flatten()[0])
+    if s_vocab != t_vocab:
+        raise DataError(
+            f"next_token_agreement: student vocabulary {s_vocab} != teacher {t_vocab}",
+            hint="compare models that share a tokenizer (vocabulary pruning remaps ids)",
+        )
+    hit = student[..., :-1] == teacher[..., :-1]
+    if labels is not None and labels.shape == hit.shape:
+        keep = labels != IGNORE_INDEX
+        return int((hit & keep).sum()) / max(int(keep.sum()), 1)
+    return int(hit.sum()) / max(hit.numel(), 1)

@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from compressor.errors import DataError
-from compressor.measure.lm_metrics import agreement_from_logits, perplexity_from_logits
+from compressor.measure.lm_metrics import (
+    agreement_from_compact,
+    compact_argmax,
+    compact_nll,
+    perplexity_from_compact,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,15 @@ class MetricDef:
     needs_teacher: bool
     fn: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], float]
     description: str
+    # Applied to each batch's outputs (the model's and the teacher's) before they are kept:
+    # language-model metrics shrink (N, T, vocab) logits to (N, T) so a whole evaluation set
+    # fits in memory. ``fn`` then sees the concatenated compact tensors.
+    compact: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
+
+    def keep(self, output: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """What to keep of one batch's output for this metric."""
+        output = output.detach().float()
+        return (self.compact(output, target) if self.compact else output).cpu()
 
 
 def _accuracy(out: torch.Tensor, target: torch.Tensor | None, _t: torch.Tensor | None) -> float:
@@ -94,16 +108,18 @@ METRICS: dict[str, MetricDef] = {
             False,
             True,
             False,
-            perplexity_from_logits,
+            perplexity_from_compact,
             "exp of the mean next-token loss on the evaluation text",
+            compact_nll,
         ),
         MetricDef(
             "next_token_agreement",
             True,
             False,
             True,
-            agreement_from_logits,
+            agreement_from_compact,
             "share of positions whose greedy next token equals the teacher's",
+            compact_argmax,
         ),
     )
 }
@@ -123,21 +139,32 @@ def compute_metric(
     outputs: Iterable[torch.Tensor],
     targets: Iterable[torch.Tensor | None],
     teacher_outputs: Iterable[torch.Tensor] | None = None,
+    *,
+    kept: bool = False,
 ) -> float:
-    """Compute ``metric`` over concatenated per-batch outputs, targets and teacher outputs."""
-    out = torch.cat([o.detach().float().cpu() for o in outputs])
-    target_list = [t for t in targets if t is not None]
-    target = torch.cat([t.cpu() for t in target_list]) if target_list else None
-    teacher = (
-        torch.cat([t.detach().float().cpu() for t in teacher_outputs])
-        if teacher_outputs is not None
-        else None
-    )
-    if metric.needs_labels and target is None:
+    """Compute ``metric`` over concatenated per-batch outputs, targets and teacher outputs.
+
+    ``kept``: the outputs are already what :meth:`MetricDef.keep` keeps of each batch (an
+    evaluation loop that streams keeps only that); otherwise each batch is compacted here.
+    """
+    target_list = list(targets)
+    present = [t for t in target_list if t is not None]
+    if metric.needs_labels and not present:
         raise DataError(
             f"metric {metric.name!r} needs labels but the evaluation data has none",
             hint="use labelled eval data, or metric: cosine (fidelity to the teacher)",
         )
-    if metric.needs_teacher and teacher is None:
+    if metric.needs_teacher and teacher_outputs is None:
         raise DataError(f"metric {metric.name!r} needs a teacher", hint="set teacher: original")
+
+    def gathered(batches: Iterable[torch.Tensor]) -> torch.Tensor:
+        batches = list(batches)
+        if kept:
+            return torch.cat([b.float().cpu() for b in batches])
+        labels = target_list if len(target_list) == len(batches) else [None] * len(batches)
+        return torch.cat([metric.keep(b, t) for b, t in zip(batches, labels, strict=True)])
+
+    out = gathered(outputs)
+    target = torch.cat([t.cpu() for t in present]) if present else None
+    teacher = gathered(teacher_outputs) if teacher_outputs is not None else None
     return float(metric.fn(out, target, teacher))

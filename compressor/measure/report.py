@@ -119,6 +119,9 @@ def build_report(
             if metric_def and value is not None
             else None,
         }
+        generation = ((bench or {}).get("generation") or {}).get("models", {}).get(name)
+        if generation is not None:
+            models[name]["generation"] = generation
     metric = None
     if metric_def is not None and metric_after is not None:
         drop = (
@@ -162,6 +165,13 @@ def build_report(
         if onnx
         else None,
         "artifacts": artifacts,
+        # Causal LMs: the generation bench's settings and compressed / original ratios (the
+        # figures themselves are in models.*.generation).
+        "generation": {
+            k: v for k, v in bench["generation"].items() if k in ("settings", "ratios", "notes")
+        }
+        if (bench or {}).get("generation")
+        else None,
         "bench": {
             k: bench[k] for k in ("settings", "environment", "primary", "notes") if k in bench
         }

@@ -64,6 +64,7 @@ def comparison_rows(entries: list[dict[str, Any]]) -> list[tuple[str, list[str],
         cells = [f"{s['p50']:.3g} / {s['p90']:.3g}" if s else "-" for s in stats]
         ratios = [fmt_ratio(safe_ratio(v, values[0])) for v in values[1:]]
         rows.append((f"latency {short_runtime(runtime)} {device} b{key}", cells, ratios))
+    rows += generation_rows(entries)
     metric = next((e["metric"] for e in entries if e.get("metric")), None)
     if metric:
         vals = [(e.get("metric") or {}).get("value") for e in entries]
@@ -75,6 +76,38 @@ def comparison_rows(entries: list[dict[str, Any]]) -> list[tuple[str, list[str],
                     f"{v - vals[0]:+.4f}" if v is not None and vals[0] is not None else "-"
                     for v in vals[1:]
                 ],
+            )
+        )
+    return rows
+
+
+def generation_rows(entries: list[dict[str, Any]]) -> list[tuple[str, list[str], list[str]]]:
+    """Causal LMs' prefill latency (p50 / p90 ms), decode tokens/s and KV bytes per token."""
+    gens = [e.get("generation") or {} for e in entries]
+    if not any(gens):
+        return []
+    rows: list[tuple[str, list[str], list[str]]] = []
+    prefill_keys = list(
+        dict.fromkeys((r, k) for g in gens for r, ks in g.get("prefill_ms", {}).items() for k in ks)
+    )
+    for runtime, key in prefill_keys:
+        stats = [g.get("prefill_ms", {}).get(runtime, {}).get(key) for g in gens]
+        values = [st["p50"] if st else None for st in stats]
+        cells = [f"{st['p50']:.3g} / {st['p90']:.3g}" if st else "-" for st in stats]
+        ratios = [fmt_ratio(safe_ratio(v, values[0])) for v in values[1:]]
+        rows.append((f"prefill {short_runtime(runtime)} {key}", cells, ratios))
+    for runtime in dict.fromkeys(r for g in gens for r in g.get("decode", {})):
+        values = [g.get("decode", {}).get(runtime, {}).get("tokens_per_s") for g in gens]
+        ratios = [fmt_ratio(safe_ratio(v, values[0])) for v in values[1:]]
+        cells = [f"{v:.1f}" if v is not None else "-" for v in values]
+        rows.append((f"decode {short_runtime(runtime)} tok/s", cells, ratios))
+    kv = [(g.get("kv_cache") or {}).get("bytes_per_token") for g in gens]
+    if any(v is not None for v in kv):
+        rows.append(
+            (
+                "KV cache / token",
+                [fmt_bytes(v) for v in kv],
+                [fmt_ratio(safe_ratio(v, kv[0])) for v in kv[1:]],
             )
         )
     return rows
@@ -140,6 +173,16 @@ def headline(report: dict[str, Any]) -> list[str]:
         out.append(f"speedup {r['speedup']:.2f}x ({r['latency_basis']}, p50)")
     if r.get("size"):
         out.append(f"size {r['size']:.2f}x ({r['size_basis']})")
+    gen = (report.get("generation") or {}).get("ratios") or {}
+    decode = gen.get("decode_tokens_per_s") or {}
+    runtime = next((r for r in ("onnxruntime", "torch") if r in decode), None)
+    if runtime is not None:
+        text = f"decode {decode[runtime]:.2f}x tokens/s ({short_runtime(runtime)})"
+        prefill = (gen.get("prefill_latency") or {}).get(runtime) or {}
+        if prefill:
+            shape, value = next(iter(prefill.items()))
+            text += f", prefill {value:.2f}x latency ({shape})"
+        out.append(text)
     m = report.get("metric")
     if m:
         text = f"{m['name']} {m['before']:.4f} -> {m['after']:.4f} (drop {m['drop']:+.4f})"

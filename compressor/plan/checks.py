@@ -170,10 +170,14 @@ def check_plan(
         gates.max_metric_drop is not None or gates.min_metric is not None
     ) and plan.data.eval is None:
         add(("gates",), "metric gates need evaluation data: set data.eval")
-    if (
-        gates.min_speedup is not None or gates.max_latency_ms is not None
-    ) and not plan.bench.enabled:
+    timed = ("min_speedup", "max_latency_ms", "min_decode_speedup", "max_prefill_ratio")
+    if any(getattr(gates, g) is not None for g in timed) and not plan.bench.enabled:
         add(("gates",), "latency gates need bench.enabled: true")
+    generation = ("min_decode_speedup", "max_prefill_ratio")
+    if any(getattr(gates, g) is not None for g in generation) and (
+        plan.bench.generation.enabled is False
+    ):
+        add(("gates",), "generation gates need bench.generation.enabled: true (or auto)")
     if plan.device == "cuda":
         pass  # checked when the run starts (the device may be on another machine than validate)
     return problems

@@ -55,7 +55,7 @@ class RunContext:
     distributed: Any = None  # compressor.training.distributed.DistState when under torchrun
     _teacher: nn.Module | None = None
     _teacher_loaded: bool = False
-    _teacher_eval: list[torch.Tensor] | None = None
+    _teacher_eval: dict[str, list[torch.Tensor]] | None = None
 
     # ------------------------------------------------------------ the original
 
@@ -225,41 +225,58 @@ class RunContext:
         extra = (
             [get_metric(name) for name in self.plan.data.also_metrics] if also is not None else []
         )
-        needs_teacher = metric.needs_teacher or any(m.needs_teacher for m in extra)
+        metrics = [metric, *extra]
+        needs_teacher = any(m.needs_teacher for m in metrics)
         was_training = model.training
         model.eval()
-        outputs, targets, inputs_seen = [], [], []
+        # Each metric keeps only its compact form of every batch (see MetricDef.keep), so a
+        # language model's (N, T, vocab) logits are never held for the whole set.
+        outputs: dict[str, list[torch.Tensor]] = {m.name: [] for m in metrics}
+        targets, inputs_seen = [], []
         for i, batch in enumerate(self._eval_batches()):
             if max_batches is not None and i >= max_batches:
                 break
             batch = batch.to(self.device)
-            outputs.append(primary_output(call_model(model, batch.inputs)).float().cpu())
-            targets.append(batch.target.cpu() if batch.target is not None else None)
+            out = primary_output(call_model(model, batch.inputs))
+            target = batch.target.cpu() if batch.target is not None else None
+            for m in metrics:
+                outputs[m.name].append(m.keep(out, target))
+            targets.append(target)
             if needs_teacher:
                 inputs_seen.append(batch)
-        teacher_outputs = None
+        teacher_outputs: dict[str, list[torch.Tensor]] | None = None
         if needs_teacher:
             teacher = self.teacher()
             if teacher is None:
                 raise StageError(
                     f"metric {metric.name!r} needs a teacher", hint="set teacher: original"
                 )
-            if self._teacher_eval is None or max_batches is not None:
-                cached = [
-                    primary_output(call_model(teacher, b.inputs)).float().cpu() for b in inputs_seen
-                ]
+            cached = self._teacher_eval or {}
+            if max_batches is not None or any(m.name not in cached for m in metrics):
+                fresh: dict[str, list[torch.Tensor]] = {m.name: [] for m in metrics}
+                for b in inputs_seen:
+                    t_out = primary_output(call_model(teacher, b.inputs))
+                    t_target = b.target.cpu() if b.target is not None else None
+                    for m in metrics:
+                        fresh[m.name].append(m.keep(t_out, t_target))
                 if max_batches is None:
-                    self._teacher_eval = cached
-                teacher_outputs = cached
-            else:
-                teacher_outputs = self._teacher_eval
+                    self._teacher_eval = fresh
+                cached = fresh
+            teacher_outputs = cached
         model.train(was_training)
-        outputs, targets = self._gather(outputs), self._gather(targets)
-        if teacher_outputs is not None and self.distributed is not None:
-            teacher_outputs = self._gather(teacher_outputs)
+        targets = self._gather(targets)
+        values = {}
+        for m in metrics:
+            kept = self._gather(outputs[m.name])
+            teacher_kept = None
+            if teacher_outputs is not None and m.needs_teacher:
+                teacher_kept = teacher_outputs[m.name]
+                if self.distributed is not None:
+                    teacher_kept = self._gather(teacher_kept)
+            values[m.name] = compute_metric(m, kept, targets, teacher_kept, kept=True)
         for other in extra:
-            also[other.name] = compute_metric(other, outputs, targets, teacher_outputs)
-        return compute_metric(metric, outputs, targets, teacher_outputs)
+            also[other.name] = values[other.name]
+        return values[metric.name]
 
     # ------------------------------------------------------------ output
 

@@ -164,6 +164,35 @@ class ExportSpec(StrictModel):
     onnx: OnnxSpec = Field(default_factory=OnnxSpec)
 
 
+class GenerationBenchOptions(StrictModel):
+    """Generation speed of causal LMs (prefill and decode with the KV cache)."""
+
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="auto: measured when the model is a causal LM."
+    )
+    prefill: list[str] = Field(
+        default_factory=lambda: ["1x128"],
+        description="Prefill shapes as BATCHxPROMPT_LENGTH (one forward from an empty cache).",
+    )
+    decode_batch: PositiveInt = 1
+    prompt_len: PositiveInt = Field(32, description="Prompt length before decoding.")
+    new_tokens: PositiveInt = Field(32, description="Tokens decoded one at a time, greedy.")
+
+    @field_validator("prefill")
+    @classmethod
+    def _shapes(cls, value: list[str]) -> list[str]:
+        for text in value:
+            batch, sep, length = text.lower().partition("x")
+            if not sep or not batch.isdigit() or not length.isdigit() or "0" in (batch, length):
+                raise ValueError(f"prefill shape {text!r} must be BATCHxLENGTH, e.g. 1x128")
+        if not value:
+            raise ValueError("give at least one prefill shape, e.g. [1x128]")
+        return value
+
+    def shapes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(tuple(int(n) for n in t.lower().split("x")) for t in self.prefill)  # type: ignore[misc]
+
+
 class BenchSpec(StrictModel):
     enabled: bool = True
     runtimes: list[Literal["onnxruntime", "torch"]] = Field(
@@ -185,6 +214,11 @@ class BenchSpec(StrictModel):
     memory: bool = Field(
         True, description="Measure peak memory (a fresh process per model and runtime)."
     )
+    generation: GenerationBenchOptions = Field(
+        default_factory=GenerationBenchOptions,
+        description="Causal LMs: prefill latency, decode tokens/s with the KV cache and "
+        "KV-cache bytes per token, original vs compressed, timed interleaved.",
+    )
 
 
 class GatesSpec(StrictModel):
@@ -195,3 +229,9 @@ class GatesSpec(StrictModel):
     max_params_ratio: float | None = Field(None, gt=0)
     max_macs_ratio: float | None = Field(None, gt=0)
     max_latency_ms: float | None = Field(None, gt=0)
+    min_decode_speedup: float | None = Field(
+        None, gt=0, description="Causal LMs: decode tokens/s, compressed / original."
+    )
+    max_prefill_ratio: float | None = Field(
+        None, gt=0, description="Causal LMs: prefill latency, compressed / original."
+    )

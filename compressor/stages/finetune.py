@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from compressor.forward import call_model, primary_output
+from compressor.forward import call_model, is_causal_lm, primary_output
 from compressor.stages.registry import register_stage
 from compressor.training.aligned import AlignedConfig, AlignedRegularizer
 from compressor.training.loop import TrainingOptions, task_loss, train
@@ -29,7 +29,8 @@ def apply(model, cfg: FinetuneConfig, ctx):
         ctx.stage_report["aligned"] = regularizer.attach(model)
 
     def loss_fn(m, batch):
-        loss = task_loss(primary_output(call_model(m, batch.inputs)), batch.target)
+        out = primary_output(call_model(m, batch.inputs))
+        loss = task_loss(out, batch.target, causal=is_causal_lm(m))
         if regularizer is None:
             return loss, {}
         reg, logs = regularizer(m)

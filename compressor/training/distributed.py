@@ -5,10 +5,18 @@ process finds its rank in the environment torchrun sets, joins the process group
 GPUs, gloo on CPU), trains on its shard of the data inside DistributedDataParallel, and
 only rank 0 writes artifacts and reports. Decisions that must agree across ranks (which
 units to prune) are made on rank 0 and broadcast.
+
+With ``parallel: fsdp`` a training stage shards instead of replicating: a copy of the model is
+split across the processes with torch's ``fully_shard`` (FSDP2: each repeated block, such as a
+decoder layer, is one unit, the rest one root unit), so each process holds 1/N of the weights,
+gradients and optimizer state being trained (4x the weights under Adam). The model the stage
+was given stays whole; the trained weights are gathered back into it before every evaluation
+and at the end.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -83,6 +91,40 @@ def sync_from_rank0(module: torch.nn.Module, state: DistState | None) -> None:
     with torch.no_grad():
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src=0)
+
+
+def shard_copy(module: torch.nn.Module, state: DistState, device: torch.device) -> torch.nn.Module:
+    """A copy of ``module`` sharded across the job's processes with ``fully_shard``.
+
+    Every element of a ``ModuleList`` of two or more blocks (decoder layers, encoder layers)
+    becomes its own unit, gathered only while it runs; the remaining parameters (embeddings,
+    the LM head tied to them, final norms) form the root unit.
+    """
+    from torch.distributed.device_mesh import init_device_mesh  # deferred: only under fsdp
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (state.world_size,))
+    sharded = copy.deepcopy(module).to(device)
+    for child in sharded.modules():
+        if isinstance(child, torch.nn.ModuleList) and len(child) >= 2:
+            for block in child:
+                fully_shard(block, mesh=mesh)
+    fully_shard(sharded, mesh=mesh)
+    return sharded
+
+
+def gather_into(sharded: torch.nn.Module, module: torch.nn.Module) -> None:
+    """Copy the full (unsharded) weights of ``sharded`` into ``module`` on every rank."""
+    from torch.distributed.checkpoint.state_dict import (  # deferred: only under fsdp
+        StateDictOptions,
+        get_model_state_dict,
+    )
+
+    full = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True))
+    target = module.state_dict()
+    with torch.no_grad():
+        for name, tensor in full.items():
+            target[name].copy_(tensor.to(target[name].device))
 
 
 def barrier(state: DistState | None) -> None:

@@ -59,6 +59,12 @@ class TrainingOptions(StageConfig):
         description="Modules (names or 're:' patterns) whose weights stay fixed while the "
         "stage trains, e.g. [model.embeddings]: no gradients, no optimizer state.",
     )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Under torchrun: ddp replicates the model on every process; fsdp shards "
+        "the weights, gradients and optimizer state being trained across the processes "
+        "(torch's fully_shard), for models that do not fit one device while training.",
+    )
     dropout: float | None = Field(
         None,
         ge=0,
@@ -82,6 +88,8 @@ class TrainSummary:
     final_metric: float | None = None
     evals: list[dict[str, float]] = field(default_factory=list)
     stopped: str | None = None  # why training stopped before the planned end
+    # How the processes shared the work: single, ddp or fsdp (with the shard count).
+    parallel: str = "single"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +102,7 @@ class TrainSummary:
             "final_metric": self.final_metric,
             "evals": self.evals,
             "stopped": self.stopped,
+            "parallel": self.parallel,
         }
 
 
@@ -125,12 +134,31 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def task_loss(output: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy for class labels, mean squared error for real-valued targets."""
+def task_loss(
+    output: torch.Tensor, target: torch.Tensor | None, *, causal: bool = False
+) -> torch.Tensor:
+    """Cross-entropy for class labels, mean squared error for real-valued targets.
+
+    ``causal``: a causal LM's next-token loss: position t's logits against label t + 1 (the
+    labels are the input ids, as in transformers); labels of -100 (padding) are skipped.
+    """
     if target is None:
         raise StageError(
             "this stage needs labelled training data, and the batch has no labels",
             hint="use labelled data.train, or the distill stage (no labels needed)",
+        )
+    if causal:
+        if output.dim() != 3 or target.shape != output.shape[:2]:
+            raise StageError(
+                f"a causal LM's loss needs (N, T) token labels for its (N, T, vocab) logits; "
+                f"got labels {list(target.shape)} for logits {list(output.shape)}",
+                hint="train on token blocks (builtin:python_docs, or a .txt file with "
+                "?block=256): labels = input_ids",
+            )
+        return torch.nn.functional.cross_entropy(
+            output[:, :-1].float().reshape(-1, output.shape[-1]),
+            target[:, 1:].reshape(-1).long(),
+            ignore_index=-100,
         )
     if not target.is_floating_point():
         return torch.nn.functional.cross_entropy(
@@ -195,6 +223,7 @@ def train(
     loader: Any = None,
     extra_params: Iterable[nn.Parameter] | Callable[[], Iterable[nn.Parameter]] = (),
     on_step: Callable[[int, int], bool] | None = None,
+    on_wrap: Callable[[nn.Module], None] | None = None,
     description: str = "train",
 ) -> TrainSummary:
     """Train ``model`` in place.
@@ -209,16 +238,22 @@ def train(
             function returning them, called whenever the optimizer is (re)built.
         on_step: called after each optimizer step with ``(step, total_steps)``; returns True
             when it changed the model's structure, so the optimizer is rebuilt.
+        on_wrap: called with the module actually trained when it is not ``model`` (under
+            ``parallel: fsdp``, a sharded copy), so forward hooks can be moved onto it.
         description: label of the progress bar.
 
     Returns:
         What happened, for the report.
     """
     with training_setup(model, opts):
-        return _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description)
+        return _train(
+            model, opts, ctx, loss_fn, loader, extra_params, on_step, on_wrap, description
+        )
 
 
-def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description) -> TrainSummary:
+def _train(
+    model, opts, ctx, loss_fn, loader, extra_params, on_step, on_wrap, description
+) -> TrainSummary:
     seed = ctx.stage_seed()
     torch.manual_seed(seed)
     device = ctx.device
@@ -242,19 +277,35 @@ def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description
         return summary
     warmup_steps = int(opts.warmup * total_steps)
 
-    def build_optimizer() -> torch.optim.Optimizer:
-        return make_optimizer([*model.parameters(), *extras()], opts)
+    fsdp = ctx.distributed is not None and opts.parallel == "fsdp"
 
     def wrap(m: nn.Module) -> nn.Module:
-        # Gradients are averaged across ranks by DDP; every rank keeps identical weights.
         if ctx.distributed is None:
             return m
-
+        if fsdp:  # a sharded copy is trained; ``model`` gets its weights at each sync
+            sharded = distributed.shard_copy(m, ctx.distributed, device)
+            if on_wrap is not None:
+                on_wrap(sharded)
+            return sharded
+        # Gradients are averaged across ranks by DDP; every rank keeps identical weights.
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(m, device_ids=ids)
 
-    optimizer = build_optimizer()
+    def build_optimizer() -> torch.optim.Optimizer:
+        # Under fsdp the optimizer steps the shards (each rank its 1/N of the state).
+        return make_optimizer([*(trained if fsdp else model).parameters(), *extras()], opts)
+
+    restored = False  # the last good weights were put back: the shards must not overwrite them
+
+    def sync() -> None:
+        """Bring ``model`` up to date with what is being trained (fsdp: gather the shards)."""
+        if fsdp and not restored:
+            distributed.gather_into(trained, model)
+
     trained = wrap(model)
+    optimizer = build_optimizer()
+    if ctx.distributed is not None:
+        summary.parallel = f"{opts.parallel} x{ctx.distributed.world_size}"
     scaler = (
         torch.amp.GradScaler(device.type)
         if (opts.precision == "fp16" and device.type == "cuda")
@@ -287,6 +338,7 @@ def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description
     def evaluate_now(epoch_done: float) -> bool:
         """Evaluate, track the best; returns False when training should stop."""
         nonlocal best_metric, best_state, evals_without_gain, metric_text
+        sync()
         if ctx.distributed is not None:
             distributed.sync_from_rank0(
                 model, ctx.distributed
@@ -335,6 +387,7 @@ def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description
                 if not torch.isfinite(loss):
                     if _same_shapes(model, last_good):
                         model.load_state_dict(last_good)
+                        restored = True
                     summary.stopped = (
                         f"non-finite loss ({loss.item()}) at step {step}; restored the last good "
                         "weights (try a lower lr or grad_clip)"
@@ -363,8 +416,8 @@ def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description
                 value = float(loss.detach())
                 running_loss = value if running_loss is None else 0.9 * running_loss + 0.1 * value
                 if on_step is not None and on_step(step, total_steps):
-                    optimizer = build_optimizer()
                     trained = wrap(model)
+                    optimizer = build_optimizer()
                     best_state, best_metric = None, None  # old shapes no longer apply
                     last_good = _state_copy(model)
                 elapsed = time.perf_counter() - start
@@ -378,10 +431,12 @@ def _train(model, opts, ctx, loss_fn, loader, extra_params, on_step, description
                 if step >= total_steps:
                     break
             epoch += 1
+            sync()
             last_good = _state_copy(model)
             if keep_going and not evaluate_now(step / max(1, batches_per_epoch)):
                 keep_going = False
             progress.update(task, metric=metric_text)
+    sync()
     if ctx.distributed is not None:
         distributed.sync_from_rank0(model, ctx.distributed)
     summary.steps = step

@@ -82,3 +82,65 @@ def test_graph_engine_options_on_a_decoder_are_refused_with_the_decoder_knobs_na
     assert "amount" in result.stderr and "heads, ffn, layers and hidden" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+TINY_LLAMA = Path(__file__).resolve().parents[2] / "sample_models" / "tiny_llama" / "model"
+
+
+@pytest.mark.slow
+def test_the_tiny_llama_distils_on_text_blocks_and_benches_generation_with_gates(tmp_path):
+    # The real sample LM through the whole path a user's LLM takes: calibration-ranked depth
+    # and MLP pruning, logit distillation on causal-LM token blocks, perplexity and teacher
+    # agreement on held-out text, ONNX with past, and generation speed in the report, gated.
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"""
+version: 1
+model:
+  hf: {TINY_LLAMA}
+data:
+  train: builtin:python_docs?split=train&block=64&limit=64
+  eval: builtin:python_docs?split=heldout&block=64&limit=12
+  metric: perplexity
+  also_metrics: [next_token_agreement]
+  batch_size: 4
+stages:
+  - prune: {{layers: 4, ffn: 0.5, criterion: activation}}
+  - distill: {{temperature: 1.0, task: 0, lr: 1.0e-3, max_steps: 8, keep_best: false}}
+export: {{formats: [safetensors, onnx]}}
+bench:
+  runtimes: [onnxruntime, torch]
+  batch_sizes: [1]
+  seq_lengths: [32]
+  rounds: 2
+  iterations: 1
+  warmup: 1
+  memory: false
+  generation: {{prefill: [1x32], prompt_len: 8, new_tokens: 8}}
+gates:
+  max_params_ratio: 0.5
+  min_decode_speedup: 50
+"""
+    )
+    out = tmp_path / "out"
+    result = compress_process("run", plan, "--out", out, timeout=900)
+    # The decode gate cannot be met (50x): exit 1 after everything was written.
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "min_decode_speedup" in result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    stages = report["stages"]
+    assert stages[0]["decoder"]["params"]["ratio"] < 0.5
+    assert stages[1]["metric"] < stages[0]["metric"]  # distillation lowered the perplexity
+    assert report["metric"]["name"] == "perplexity"
+    assert 0 < report["metric"]["also"]["next_token_agreement"]["after"] < 1
+    gen = report["generation"]["ratios"]
+    for runtime in ("onnxruntime", "torch"):
+        assert gen["decode_tokens_per_s"][runtime] > 0
+        assert gen["prefill_latency"][runtime]["1x32"] > 0
+    assert gen["kv_bytes_per_token"] == 0.5  # 4 of 8 layers, the same key/value heads
+    for name in ("original", "compressed"):
+        assert report["models"][name]["generation"]["decode"]["onnxruntime"]["tokens_per_s"] > 0
+    checked = {g["gate"]: g for g in report["gates"]["checked"]}
+    assert checked["max_params_ratio"]["passed"] and not checked["min_decode_speedup"]["passed"]
+    md = (out / "report.md").read_text()
+    assert "decode ort tok/s" in md and "KV cache / token" in md

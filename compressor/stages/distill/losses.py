@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from compressor.data.padding import real_rows, token_mask, trim_padding, trim_tensor
 from compressor.errors import StageError
+from compressor.forward import is_causal_lm
 from compressor.patterns import resolve_modules
 from compressor.spec.base import StrictModel, number_as_weight
 from compressor.stages.distill.teacher_cache import (
@@ -339,7 +340,8 @@ class DistillObjective:
                 kd = output_match_loss(s_kd, t_kd, self.kd_kind)
             terms.append(("kd", cfg.kd, kd))
         if self.task_weight > 0 and batch.target is not None:
-            terms.append(("task", self.task_weight, task_loss(s_out, batch.target)))
+            task = task_loss(s_out, batch.target, causal=is_causal_lm(student))
+            terms.append(("task", self.task_weight, task))
         hidden = [
             self._rows(k, s_feats[s], t_feats[t], mask) for k, s, t in self.pairs if k != "cc"
         ]

@@ -174,6 +174,12 @@ def apply(model, cfg: DistillConfig, ctx):
             report["aligned"] = regularizer.attach(model)
         pruner = None
         if cfg.prune is not None:
+            if cfg.parallel == "fsdp":
+                raise StageError(
+                    "distill.prune changes the model's shapes while it trains, and parallel: "
+                    "fsdp trains fixed shards of it",
+                    hint="prune in a prune stage before distill, or use parallel: ddp",
+                )
             if is_decoder(model):
                 raise StageError(
                     "distill.prune (pruning while distilling) works through the graph engine, "
@@ -206,6 +212,8 @@ def apply(model, cfg: DistillConfig, ctx):
             loader=loader,
             extra_params=objective.parameters,
             on_step=pruner.on_step if pruner is not None else None,
+            # Under fsdp a sharded copy trains: the student's feature taps move onto it.
+            on_wrap=objective.attach,
             description="distill",
         )
         if pruner is not None:

@@ -53,7 +53,9 @@ def prune_decoder_stage(model: nn.Module, cfg: PruneConfig, ctx: Any) -> nn.Modu
     inputs = {k: v.to(ctx.device) for k, v in ctx.example_inputs().items()}
     before = model_facts(model, inputs)
     batches = None
-    if cfg.criterion == "activation" and ctx.data.has("calibration"):
+    # Activations rank widths; block influence ranks layers whatever the width criterion:
+    # both read calibration text when the plan has any (else random ids, said in the notes).
+    if (cfg.criterion == "activation" or cfg.layers) and ctx.data.has("calibration"):
         loader = ctx.data.loader("calibration", shuffle=True, seed=ctx.stage_seed())
         batches = [
             {k: v.to(ctx.device) for k, v in b.inputs.items()}

@@ -37,7 +37,7 @@ import torch
 
 from compressor.counting import count_params, model_facts
 from compressor.errors import StageError
-from compressor.forward import call_model, primary_output
+from compressor.forward import call_model, is_causal_lm, primary_output
 from compressor.graph import (
     FFN,
     HEADS,
@@ -60,7 +60,8 @@ from compressor.training.loop import TrainingOptions, task_loss, train
 
 
 def _loss(model, batch):
-    return task_loss(primary_output(call_model(model, batch.inputs)), batch.target)
+    out = primary_output(call_model(model, batch.inputs))
+    return task_loss(out, batch.target, causal=is_causal_lm(model))
 
 
 def _batches(ctx, split: str, count: int, seed: int):

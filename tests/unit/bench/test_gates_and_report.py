@@ -171,3 +171,63 @@ def test_summary_table_shows_both_models_and_ratios(report):
     assert "original" in text and "compressed" in text and "ratio" in text
     assert "0.50x" in text and "speedup 2.00x (onnxruntime/cpu/1, p50)" in text
     assert "accuracy 0.9500 -> 0.9300" in text
+
+
+def _generation(decode_a: float, decode_b: float, prefill_a: float, prefill_b: float) -> dict:
+    def model(decode: float, prefill: float, kv: int) -> dict:
+        return {
+            "prefill_ms": {"onnxruntime": {"1x128": stats(prefill)}, "torch": {"1x128": stats(9)}},
+            "decode": {"onnxruntime": {"tokens_per_s": decode}, "torch": {"tokens_per_s": 10.0}},
+            "kv_cache": {"bytes_per_token": kv},
+        }
+
+    from compressor.measure.lm import generation_ratios
+
+    result = {
+        "models": {
+            "original": model(decode_a, prefill_a, 8192),
+            "compressed": model(decode_b, prefill_b, 4096),
+        },
+        "settings": {},
+        "notes": [],
+    }
+    result["ratios"] = generation_ratios(result, "original", "compressed")
+    return result
+
+
+def test_generation_figures_are_reported_shown_and_gated(mlp_ctx, compacted, tmp_path):
+    model, manifest = compacted
+    artifacts = export_model(model, mlp_ctx, tmp_path / "out", manifest)
+    bench = {**bench_result(), "generation": _generation(100.0, 180.0, 10.0, 5.0)}
+    report = build_report(
+        mlp_ctx,
+        original_facts={},
+        compressed_facts={},
+        metric_before=None,
+        metric_after=None,
+        artifacts=artifacts,
+        bench=bench,
+        seconds=1.0,
+    )
+    assert report["generation"]["ratios"]["decode_tokens_per_s"]["onnxruntime"] == 1.8
+    assert report["models"]["compressed"]["generation"]["kv_cache"]["bytes_per_token"] == 4096
+    # onnxruntime is the figure gated when it was timed; the bound is named on failure.
+    assert check_gates(report, GatesSpec(min_decode_speedup=1.6, max_prefill_ratio=0.6), {}) == []
+    failures = check_gates(report, GatesSpec(min_decode_speedup=2.0, max_prefill_ratio=0.4), {})
+    assert failures == [
+        "min_decode_speedup: measured 1.8 (decode tokens/s ratio (compressed / original, KV "
+        "cache); onnxruntime), bound >= 2",
+        "max_prefill_ratio: measured 0.5 (prefill latency ratio (compressed / original p50); "
+        "onnxruntime, 1x128), bound <= 0.4",
+    ]
+    console = Console(record=True, width=200)
+    console.print(render_summary_table(report))
+    text = console.export_text()
+    assert "decode ort tok/s" in text and "180.0" in text and "prefill ort 1x128" in text
+    assert "decode 1.80x tokens/s (ort), prefill 0.50x latency (1x128)" in text
+    assert "KV cache / token" in text
+
+
+def test_generation_gates_without_a_causal_lm_fail_as_not_measured(report):
+    failures = check_gates(report, GatesSpec(min_decode_speedup=1.5), {})
+    assert failures[0].startswith("min_decode_speedup: not measured (no generation speed")
