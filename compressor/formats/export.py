@@ -7,12 +7,14 @@ Artifacts (names inside the output directory):
 * ``model.safetensors`` - dense tensors, tied tensors once, metadata (``compressor.artifacts``);
 * ``model.onnx`` (+ ``model.onnx.data`` with external data) - verified against torch;
 * ``model.optimized.onnx`` - onnxruntime graph optimisations applied (``onnx.optimize``);
-* ``model.int8.onnx`` - int8 dynamic quantisation (``onnx.quantize``);
+* ``model.int8.onnx``, ``model.int8-static.onnx``, ``model.fp16.onnx`` - dynamic int8, static
+  int8 (QDQ, calibrated) and fp16 copies (``onnx.quantize: [dynamic, static, fp16]``);
 * ``hf/`` - a Hugging Face folder (``formats: [hf]``, Hugging Face models only)."""
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,14 @@ from compressor.formats.onnx.export import (
     has_sequence_axis,
     verification_inputs,
 )
-from compressor.formats.onnx.optimize import optimize_onnx, quantize_onnx
+from compressor.formats.onnx.optimize import optimize_onnx
+from compressor.formats.onnx.quantize import ARTIFACT_KEYS as QUANT_KEYS
+from compressor.formats.onnx.quantize import FILE_NAMES as QUANT_FILES
+from compressor.formats.onnx.quantize import (
+    convert_fp16,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+)
 from compressor.formats.sizes import SAFETENSORS_NAME
 
 TOKENIZER_DIR = "tokenizer"  # the rewritten tokenizer, after vocabulary pruning
@@ -42,7 +51,6 @@ TOKENIZER_DIR = "tokenizer"  # the rewritten tokenizer, after vocabulary pruning
 
 ONNX_NAME = "model.onnx"
 OPTIMIZED_NAME = "model.optimized.onnx"
-INT8_NAME = "model.int8.onnx"
 # Causal LMs: the decoder with past key/values, for generation (model.onnx has no cache).
 DECODER_ONNX_NAME = "decoder_with_past.onnx"
 
@@ -190,13 +198,36 @@ def export_onnx_artifacts(model: nn.Module, ctx: Any, out: Path) -> dict[str, An
         artifacts["onnx_with_past"] = export_decoder_onnx(
             lm, out / DECODER_ONNX_NAME, atol=max(spec.atol, 1e-4), verify=spec.verify
         )
-    if spec.quantize:
-        q = quantize_onnx(out / ONNX_NAME, out / INT8_NAME, external=info["external_data"])
-        # int8 changes the numbers by design: the difference is reported, never gated.
-        diff = compare(model, out / INT8_NAME, checks, atol=0.0, rtol=0.0, seq=seq)
-        q["max_abs_diff"] = diff["max_abs_diff"]
-        artifacts["onnx_int8"] = q
+    for kind in spec.quantize:
+        artifacts[QUANT_KEYS[kind]] = _quantized(kind, model, ctx, out, info, checks, seq)
     return artifacts
+
+
+def _calibration_batches(ctx: Any, count: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``count`` batches of the plan's calibration data (train when it has none)."""
+    data = getattr(ctx, "data", None)
+    if data is None or not data.has("calibration"):
+        return []
+    loader = data.loader("calibration", shuffle=True, seed=0)
+    return [dict(b.inputs) for b in itertools.islice(loader, count)]
+
+
+def _quantized(
+    kind: str, model: nn.Module, ctx: Any, out: Path, info: dict, checks: Any, seq: bool
+) -> dict[str, Any]:
+    """One lower-precision copy of ``model.onnx`` and its largest difference from torch."""
+    src, dst, external = out / ONNX_NAME, out / QUANT_FILES[kind], info["external_data"]
+    if kind == "dynamic":
+        q = quantize_dynamic_int8(src, dst, external=external)
+    elif kind == "static":
+        batches = _calibration_batches(ctx, ctx.plan.export.onnx.calibration_batches)
+        q = quantize_static_int8(src, dst, batches, external=external)
+    else:
+        q = convert_fp16(src, dst, external=external)
+    # Lower precision changes the numbers by design: the difference is reported; the run's
+    # metric on the artifact (and any gate on it) says whether it still does the job.
+    q["max_abs_diff"] = compare(model, dst, checks, atol=0.0, rtol=0.0, seq=seq)["max_abs_diff"]
+    return q
 
 
 def _at_least_rows(ctx: Any, example: dict[str, torch.Tensor], rows: int):

@@ -28,6 +28,8 @@ from compressor.formats.export import causal_lm_of
 from compressor.formats.loading import example_inputs, load_model
 from compressor.formats.onnx.decoder import export_decoder_onnx
 from compressor.formats.onnx.export import artifact_size, export_onnx, onnx_input_specs
+from compressor.formats.onnx.quantize import ARTIFACT_KEYS as QUANT_KEYS
+from compressor.formats.onnx.quantize import LABELS as QUANT_LABELS
 from compressor.formats.onnx.session import OnnxModel
 from compressor.forward import primary_output, resize_batch
 from compressor.measure.inspect import parse_input_option
@@ -104,7 +106,10 @@ def bench_run(
             orig.probes["onnxruntime"] = {"kind": "onnx", "path": str(orig.onnx_path.resolve())}
             comp.probes["onnxruntime"] = {"kind": "onnx", "path": str(comp.onnx_path.resolve())}
         log = (lambda m: ctx.log(f"[dim]{m}[/]")) if not ctx.quiet else (lambda _m: None)
-        result = measure([orig, comp], spec, example, log=log, safe=ctx.plan.safe)
+        subjects = [orig, comp]
+        if "onnxruntime" in spec.runtimes:
+            subjects += quantized_subjects(artifacts)
+        result = measure(subjects, spec, example, log=log, safe=ctx.plan.safe)
         generation = bench_generation(original, compressed, spec, artifacts, Path(tmp), log)
         if generation is not None:
             result["generation"] = generation
@@ -112,6 +117,19 @@ def bench_run(
         result["models"]["original"]["size_bytes"] = {"onnx": orig.onnx_export["size_bytes"]}
         result["original_onnx"] = {k: v for k, v in orig.onnx_export.items() if k != "path"}
     return result
+
+
+def quantized_subjects(artifacts: dict[str, Any]) -> list[Subject]:
+    """The run's lower-precision ONNX copies (int8, int8-static, fp16) as onnxruntime-only
+    subjects, named by their label, timed in the same interleaved rounds as the rest."""
+    subjects = []
+    for kind, key in QUANT_KEYS.items():
+        if key in artifacts:
+            path = Path(artifacts[key]["path"])
+            s = Subject(QUANT_LABELS[kind], "onnx", path, onnx_path=path)
+            s.probes["onnxruntime"] = {"kind": "onnx", "path": str(path.resolve())}
+            subjects.append(s)
+    return subjects
 
 
 def bench_generation(
@@ -182,7 +200,7 @@ def _generation_spec(spec: Any) -> GenerationBenchSpec:
         new_tokens=options.new_tokens,
         warmup=max(1, min(spec.warmup, 2)),
         rounds=spec.rounds,
-        iterations=max(1, min(spec.iterations, 3)),
+        iterations=spec.iterations,
         threads=spec.threads,
         budget_s=spec.budget_s,
     )

@@ -57,6 +57,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+QUANTIZED_LABELS = {
+    "onnx_int8": "int8 dynamic quantisation",
+    "onnx_int8_static": "int8 static quantisation (QDQ, calibrated)",
+    "onnx_fp16": "float16 weights and compute (float32 inputs and outputs)",
+}
+
+
 def _artifact_details(kind: str, art: dict[str, Any]) -> str:
     if kind == "onnx":
         v = art.get("verification") or {}
@@ -67,9 +74,12 @@ def _artifact_details(kind: str, art: dict[str, Any]) -> str:
         if art.get("fallback_reason"):
             text += f" (fallback: {art['fallback_reason']})"
         return text + (f"; verified max abs diff {diffs}" if diffs else "; not verified")
-    if kind == "onnx_int8":
+    if kind in QUANTIZED_LABELS:
         diffs = ", ".join(f"batch {k}: {d:.2g}" for k, d in art.get("max_abs_diff", {}).items())
-        return f"int8 dynamic quantisation; max abs diff vs torch {diffs} (not gated)"
+        text = f"{QUANTIZED_LABELS[kind]}; max abs diff vs torch {diffs}"
+        if art.get("metric") is not None:
+            text += f"; {art['metric']['name']} {art['metric']['value']:.4f}"
+        return text
     if kind == "onnx_optimized":
         return "onnxruntime graph optimisations (extended), verified"
     if kind == "safetensors":

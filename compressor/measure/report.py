@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from compressor.files.atomic import atomic_path, write_json_atomic, write_text_atomic
+from compressor.formats.onnx.quantize import ARTIFACT_KEYS as QUANT_KEYS
+from compressor.formats.onnx.quantize import LABELS as QUANT_LABELS
 from compressor.formats.sizes import reference_sizes
 
 # Re-exported: report.check_gates is a public name from before gates had a module of its own.
@@ -83,6 +85,16 @@ def compute_ratios(
     }
 
 
+def _drop(metric_def: Any, before: float, after: float) -> float:
+    """How much worse ``after`` is than ``before``, in metric units (negative: better)."""
+    return (before - after) if metric_def.higher_is_better else (after - before)
+
+
+def _on_onnxruntime(primary: dict[str, Any] | None) -> dict[str, Any] | None:
+    # ONNX copies are timed in onnxruntime only: compare them there at the primary shape.
+    return {**primary, "runtime": "onnxruntime"} if primary else None
+
+
 def build_report(
     ctx: Any,
     *,
@@ -122,13 +134,45 @@ def build_report(
         generation = ((bench or {}).get("generation") or {}).get("models", {}).get(name)
         if generation is not None:
             models[name]["generation"] = generation
+    # Lower-precision ONNX copies: models of their own (the compressed model's structure,
+    # their own bytes, onnxruntime latency and metric), so tables, ratios and gates see them.
+    artifact_ratios = {}
+    for kind, key in QUANT_KEYS.items():
+        art = artifacts.get(key)
+        if art is None:
+            continue
+        label = QUANT_LABELS[kind]
+        m = measured.get(label, {})
+        metric_value = (art.get("metric") or {}).get("value")
+        models[label] = {
+            "params": compressed_facts.get("params"),
+            "macs": compressed_facts.get("macs"),
+            "size_bytes": {"onnx": art["size_bytes"]},
+            "latency_ms": m.get("latency_ms") or {},
+            "peak_memory_bytes": m.get("peak_memory_bytes") or {},
+            "metric": {"name": metric_def.name, "value": metric_value}
+            if metric_def and metric_value is not None
+            else None,
+            "artifact": key,
+        }
+        ratios = compute_ratios(
+            models["original"], models[label], _on_onnxruntime((bench or {}).get("primary"))
+        )
+        if ratios["size"] is None:
+            # No ONNX of the original (bench off): compare with its weights file instead.
+            original_sizes = models["original"]["size_bytes"]
+            basis = next((k for k in ("safetensors", "checkpoint") if k in original_sizes), None)
+            if basis is not None:
+                ratios["size"] = safe_ratio(art["size_bytes"], original_sizes[basis])
+                ratios["size_basis"] = f"onnx vs original {basis}"
+        artifact_ratios[label] = ratios
+        if metric_def is not None and metric_value is not None:
+            artifact_ratios[label]["metric_drop"] = round(
+                _drop(metric_def, metric_before, metric_value), 6
+            )
     metric = None
     if metric_def is not None and metric_after is not None:
-        drop = (
-            (metric_before - metric_after)
-            if metric_def.higher_is_better
-            else (metric_after - metric_before)
-        )
+        drop = _drop(metric_def, metric_before, metric_after)
         metric = {
             "name": metric_def.name,
             "higher_is_better": metric_def.higher_is_better,
@@ -159,6 +203,8 @@ def build_report(
             models["original"], models["compressed"], (bench or {}).get("primary")
         ),
         "metric": metric,
+        # compressed-model ratios of each lower-precision copy (int8, int8-static, fp16).
+        "artifact_ratios": artifact_ratios,
         "onnx_max_abs_diff": verification.get("max_abs_diff_overall"),
         "onnx": {k: onnx.get(k) for k in ("exporter", "fallback_reason", "opset", "external_data")}
         | {"max_abs_diff": verification.get("max_abs_diff")}

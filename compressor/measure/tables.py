@@ -11,7 +11,16 @@ from rich.text import Text
 
 from compressor.measure.formatting import fmt_bytes, fmt_count, fmt_ratio, short_runtime
 
-SIZE_ORDER = ("safetensors", "onnx", "onnx_optimized", "onnx_int8", "hf", "checkpoint")
+SIZE_ORDER = (
+    "safetensors",
+    "onnx",
+    "onnx_optimized",
+    "onnx_int8",
+    "onnx_int8_static",
+    "onnx_fp16",
+    "hf",
+    "checkpoint",
+)
 
 
 def safe_ratio(num: float | None, den: float | None) -> float | None:

@@ -22,6 +22,7 @@ from compressor.spec.base import (
     TEACHER,
     TRAIN_DATA,
 )
+from compressor.spec.sections import QUANTIZED_LABELS
 from compressor.stages.registry import stage_defs
 
 
@@ -166,6 +167,25 @@ def check_plan(
             add(("stages",), message)
 
     gates = plan.gates
+    labels = {QUANTIZED_LABELS[k] for k in plan.export.onnx.quantize}
+    if gates.artifact != "compressed" and (
+        gates.artifact not in labels or "onnx" not in plan.export.formats
+    ):
+        kind = {v: k for k, v in QUANTIZED_LABELS.items()}[gates.artifact]
+        add(
+            ("gates", "artifact"),
+            f"gates target artifact {gates.artifact!r}, which this plan does not write: add "
+            f"{kind} to export.onnx.quantize (and onnx to export.formats)",
+        )
+    if (
+        "static" in plan.export.onnx.quantize
+        and plan.data.calibration is None
+        and (plan.data.train is None)
+    ):
+        add(
+            ("export", "onnx", "quantize"),
+            "static int8 quantisation calibrates on data: set data.calibration or data.train",
+        )
     if (
         gates.max_metric_drop is not None or gates.min_metric is not None
     ) and plan.data.eval is None:

@@ -39,6 +39,7 @@ from compressor.formats.loading import load_model
 from compressor.formats.manifest import diff, snapshot
 from compressor.measure import bench as bench_mod
 from compressor.measure import report as report_mod
+from compressor.measure.artifact_metrics import evaluate_artifacts
 from compressor.measure.gates import check_gates
 from compressor.plan.checks import LoadedPlan
 from compressor.run.context import RunContext
@@ -290,6 +291,7 @@ def _run(loaded_plan, out, device, resume, console, quiet, extra_gates, skip_ben
         artifacts = export_mod.export_model(model, ctx, out, manifest)
     except ExportError as e:
         raise disk_full_in(e) from None  # an exporter that ran out of disk says so
+    evaluate_artifacts(ctx, artifacts)
     measured = None
     if plan.bench.enabled and not skip_bench:
         measured = bench_mod.bench_run(ctx, ctx.original, model, artifacts, out)

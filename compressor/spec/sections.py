@@ -141,6 +141,10 @@ class TeacherSpec(ModelSpec):
     """A teacher checkpoint (same input/output space as the student)."""
 
 
+# export.onnx.quantize kind -> the name reports and gates give that copy.
+QUANTIZED_LABELS = {"dynamic": "int8", "static": "int8-static", "fp16": "fp16"}
+
+
 class OnnxSpec(StrictModel):
     opset: int = Field(18, ge=14, le=23)
     exporter: Literal["auto", "dynamo", "legacy"] = Field(
@@ -150,10 +154,33 @@ class OnnxSpec(StrictModel):
     atol: float = Field(1e-4, ge=0)
     rtol: float = Field(1e-4, ge=0)
     optimize: bool = Field(False, description="Also write an onnxruntime-optimised model.")
-    quantize: bool = Field(False, description="Also write an int8 dynamically quantised model.")
+    quantize: list[Literal["dynamic", "static", "fp16"]] = Field(
+        default_factory=list,
+        description="Also write lower-precision copies, each measured (metric, latency, size): "
+        "dynamic (int8 weights, activations quantised at run time), static (int8 QDQ, "
+        "calibrated on the plan's calibration data), fp16; true means [dynamic].",
+    )
+    calibration_batches: PositiveInt = Field(
+        8, description="Batches of calibration data that set static int8 activation ranges."
+    )
     external_data: Literal["auto", "always", "never"] = Field(
         "auto", description="auto: external data only for models over 2 GB."
     )
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize_flag(cls, value: Any) -> Any:
+        # quantize: true (the original flag) is the dynamic int8 copy it always was.
+        if isinstance(value, bool):
+            return ["dynamic"] if value else []
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @field_validator("quantize")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
 
 class ExportSpec(StrictModel):
@@ -222,6 +249,12 @@ class BenchSpec(StrictModel):
 
 
 class GatesSpec(StrictModel):
+    artifact: Literal["compressed", "int8", "int8-static", "fp16"] = Field(
+        "compressed",
+        description="Which model the gates judge: the compressed model, or one of its "
+        "lower-precision ONNX copies (export.onnx.quantize: dynamic -> int8, static -> "
+        "int8-static, fp16).",
+    )
     max_metric_drop: float | None = Field(None, ge=0, description="In metric units (0.01 = 1 pt).")
     min_metric: float | None = None
     min_speedup: float | None = Field(None, gt=0)

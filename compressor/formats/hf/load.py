@@ -156,6 +156,17 @@ def default_input_specs(model: HFModel, seq_len: int = DEFAULT_SEQ_LEN) -> dict[
     return specs
 
 
+def broken_torchvision(error: BaseException) -> str | None:
+    """The torchvision failure behind ``error`` (its chain of causes), else None."""
+    seen: BaseException | None = error
+    while seen is not None:
+        text = str(seen)
+        if "torchvision::" in text:
+            return text.splitlines()[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def load_hf_folder(spec: Any, path: Path, *, safe: bool = False) -> LoadedModel:
     """Load a Hugging Face model folder offline (weights via safetensors or weights-only torch)."""
     transformers = require_transformers()
@@ -167,6 +178,16 @@ def load_hf_folder(spec: Any, path: Path, *, safe: bool = False) -> LoadedModel:
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as e:
+        broken = broken_torchvision(e)
+        if broken is not None:
+            # transformers imports torchvision for image utilities; a torchvision built for
+            # another torch fails there, far from anything in the user's folder.
+            raise CheckpointError(
+                f"transformers cannot import its model classes because the installed "
+                f"torchvision does not match torch ({broken})",
+                hint="install the torchvision build that matches your torch (same version "
+                "line, same CPU/CUDA variant), or uninstall torchvision",
+            ) from None
         raise CheckpointError(f"{path}/config.json cannot be read by transformers ({e})") from None
     pooling, normalize = read_sentence_transformers(path)
     task = spec.task if spec.task != "auto" else _auto_task(config, pooling)

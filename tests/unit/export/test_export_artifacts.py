@@ -110,7 +110,7 @@ def test_tied_weights_stored_once_and_reloaded_tied(tmp_path):
 def test_optimized_and_int8_onnx_are_separate_reported_artifacts(mlp_ctx, compacted, tmp_path):
     model, manifest = compacted
     mlp_ctx.plan.export.onnx.optimize = True
-    mlp_ctx.plan.export.onnx.quantize = True
+    mlp_ctx.plan.export.onnx.quantize = ["dynamic"]
     artifacts = export_model(model, mlp_ctx, tmp_path, manifest)
     assert {"onnx", "onnx_optimized", "onnx_int8"} <= set(artifacts)
     assert (tmp_path / "model.optimized.onnx").is_file()
