@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.unit.graph.decoder_models import _tolerate_broken_torchvision
+from tests.compat.torchvision_cpu import install as install_torchvision_shim
 
-_tolerate_broken_torchvision()
+# This project's dev environment has the PyPI torchvision (built for CUDA torch) beside CPU
+# torch; transformers imports it. The test-only shim lets it import (see FINDINGS.md).
+install_torchvision_shim()
 
 
 def peak_bytes() -> int:

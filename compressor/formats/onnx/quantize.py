@@ -3,8 +3,9 @@ written atomically next to the original:
 
 * ``dynamic`` - int8 weights, activations quantised at run time (``quantize_dynamic``); no
   data needed.
-* ``static`` - int8 weights and activations in QDQ format (``quantize_static``), activation
-  ranges calibrated on batches of the plan's calibration data (MinMax), weights per channel.
+* ``static`` - int8 weights and activations in QDQ format (``quantize_static``) around the
+  matrix products and convolutions, activation ranges calibrated on batches of the plan's
+  calibration data (MinMax), weights per channel; norms and softmax stay float.
 * ``fp16`` - float16 weights and arithmetic with float32 inputs and outputs
   (``onnxruntime.transformers.float16``), for targets that run half precision.
 
@@ -44,6 +45,10 @@ FILE_NAMES = {
     "static": "model.int8-static.onnx",
     "fp16": "model.fp16.onnx",
 }
+
+
+# What static int8 quantises: matrix products and convolutions, where int8 kernels pay off.
+STATIC_OPS = ("MatMul", "Gemm", "Conv")
 
 
 class _Quiet:
@@ -134,6 +139,10 @@ def quantize_static_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
+                # Only the weight-bearing ops: quantising the inputs of LayerNorm, Softmax
+                # and GELU as well (onnxruntime's default) took all-MiniLM-L6-v2 from 0.962
+                # to 0.328 cosine here, and a constant activation gave a NaN zero point.
+                op_types_to_quantize=list(STATIC_OPS),
                 use_external_data_format=external,
             )
         except Exception as e:
