@@ -3,6 +3,7 @@ the run adopts a rewritten tokenizer, and turned into loaders."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,12 @@ class DataBundle:
         return make_loader(
             ds, size, shuffle=shuffle, seed=seed, num_workers=self.spec.num_workers, sampler=sampler
         )
+
+    def batches(self, split: str, count: int, *, seed: int = 0) -> list[Batch]:
+        """The first ``count`` batches of a seeded shuffle of ``split`` (calibration sets:
+        activation ranks, block influence, norm statistics, int8 ranges)."""
+        loader = self.loader(split, shuffle=True, seed=seed)
+        return list(itertools.islice(loader, count))
 
     def first_batch(self, split: str, batch_size: int) -> Batch:
         ds = self.dataset(split)

@@ -14,7 +14,6 @@ Artifacts (names inside the output directory):
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -208,8 +207,7 @@ def _calibration_batches(ctx: Any, count: int) -> list[dict[str, torch.Tensor]]:
     data = getattr(ctx, "data", None)
     if data is None or not data.has("calibration"):
         return []
-    loader = data.loader("calibration", shuffle=True, seed=0)
-    return [dict(b.inputs) for b in itertools.islice(loader, count)]
+    return [dict(b.inputs) for b in data.batches("calibration", count)]
 
 
 def _quantized(

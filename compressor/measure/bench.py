@@ -29,7 +29,6 @@ from compressor.formats.loading import example_inputs, load_model
 from compressor.formats.onnx.decoder import export_decoder_onnx
 from compressor.formats.onnx.export import artifact_size, export_onnx, onnx_input_specs
 from compressor.formats.onnx.quantize import ARTIFACT_KEYS as QUANT_KEYS
-from compressor.formats.onnx.quantize import LABELS as QUANT_LABELS
 from compressor.formats.onnx.session import OnnxModel
 from compressor.forward import primary_output, resize_batch
 from compressor.measure.inspect import parse_input_option
@@ -38,7 +37,14 @@ from compressor.measure.lm import GenerationBenchSpec, generation_ratios, measur
 from compressor.measure.metrics import compute_metric, get_metric
 from compressor.measure.report import compute_ratios
 from compressor.plan.load import load_plan
-from compressor.spec.sections import BenchSpec, DataSpec, InputSpec, ModelSpec, OnnxSpec
+from compressor.spec.sections import (
+    QUANTIZED_LABELS,
+    BenchSpec,
+    DataSpec,
+    InputSpec,
+    ModelSpec,
+    OnnxSpec,
+)
 from compressor.version import __version__
 
 BENCH_SCHEMA_VERSION = 1
@@ -126,7 +132,7 @@ def quantized_subjects(artifacts: dict[str, Any]) -> list[Subject]:
     for kind, key in QUANT_KEYS.items():
         if key in artifacts:
             path = Path(artifacts[key]["path"])
-            s = Subject(QUANT_LABELS[kind], "onnx", path, onnx_path=path)
+            s = Subject(QUANTIZED_LABELS[kind], "onnx", path, onnx_path=path)
             s.probes["onnxruntime"] = {"kind": "onnx", "path": str(path.resolve())}
             subjects.append(s)
     return subjects

@@ -28,7 +28,6 @@ from typing import Any
 
 from compressor.files.atomic import atomic_path, write_json_atomic, write_text_atomic
 from compressor.formats.onnx.quantize import ARTIFACT_KEYS as QUANT_KEYS
-from compressor.formats.onnx.quantize import LABELS as QUANT_LABELS
 from compressor.formats.sizes import reference_sizes
 
 # Re-exported: report.check_gates is a public name from before gates had a module of its own.
@@ -36,6 +35,7 @@ from compressor.measure.gates import check_gates  # noqa: F401
 from compressor.measure.markdown import render_markdown
 from compressor.measure.plot import plot_report
 from compressor.measure.tables import safe_ratio
+from compressor.spec.sections import QUANTIZED_LABELS
 from compressor.version import __version__
 
 REPORT_SCHEMA_VERSION = 1
@@ -141,7 +141,7 @@ def build_report(
         art = artifacts.get(key)
         if art is None:
             continue
-        label = QUANT_LABELS[kind]
+        label = QUANTIZED_LABELS[kind]
         m = measured.get(label, {})
         metric_value = (art.get("metric") or {}).get("value")
         models[label] = {

@@ -24,6 +24,7 @@ from compressor.data.python_docs import (  # noqa: F401  (re-exported for the sc
     train_texts,
 )
 from compressor.errors import DataError
+from compressor.measure.lm_metrics import nll_sum
 
 BLOCK_SIZE = 256
 
@@ -92,12 +93,8 @@ def mean_nll(
         with torch.no_grad():
             for ids in batches:
                 ids = ids.to(device)
-                logits = model(input_ids=ids).logits[:, :-1].float()
-                nll = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-                )
-                total += float(nll)
-                count += ids[:, 1:].numel()
+                s, n = nll_sum(model(input_ids=ids).logits, ids)
+                total, count = total + s, count + n
     finally:
         model.train(was_training)
     return total / count, count

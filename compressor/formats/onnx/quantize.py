@@ -34,12 +34,9 @@ from onnxruntime.quantization import (
 
 from compressor.errors import ExportError, first_line
 from compressor.formats.onnx.export import artifact_size, publish, staging_dir
-from compressor.spec.sections import QUANTIZED_LABELS
 
 KINDS = ("dynamic", "static", "fp16")
 ARTIFACT_KEYS = {"dynamic": "onnx_int8", "static": "onnx_int8_static", "fp16": "onnx_fp16"}
-# How the report and gates name each copy (``gates: {artifact: int8}``).
-LABELS = QUANTIZED_LABELS
 FILE_NAMES = {
     "dynamic": "model.int8.onnx",
     "static": "model.int8-static.onnx",

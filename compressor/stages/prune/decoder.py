@@ -16,7 +16,6 @@ rather than run through a graph search that can explode on these models.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch.nn as nn
@@ -56,11 +55,8 @@ def prune_decoder_stage(model: nn.Module, cfg: PruneConfig, ctx: Any) -> nn.Modu
     # Activations rank widths; block influence ranks layers whatever the width criterion:
     # both read calibration text when the plan has any (else random ids, said in the notes).
     if (cfg.criterion == "activation" or cfg.layers) and ctx.data.has("calibration"):
-        loader = ctx.data.loader("calibration", shuffle=True, seed=ctx.stage_seed())
-        batches = [
-            {k: v.to(ctx.device) for k, v in b.inputs.items()}
-            for b in itertools.islice(loader, cfg.calibration_batches)
-        ]
+        found = ctx.data.batches("calibration", cfg.calibration_batches, seed=ctx.stage_seed())
+        batches = [{k: v.to(ctx.device) for k, v in b.inputs.items()} for b in found]
     result = prune_decoder(
         model,
         heads=cfg.heads or 0.0,

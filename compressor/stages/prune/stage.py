@@ -27,7 +27,6 @@ influence, ``compressor.graph.depth``) on calibration data (else the example inp
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -65,8 +64,7 @@ def _loss(model, batch):
 
 
 def _batches(ctx, split: str, count: int, seed: int):
-    loader = ctx.data.loader(split, shuffle=True, seed=seed)
-    return [b.to(ctx.device) for b in itertools.islice(loader, count)]
+    return [b.to(ctx.device) for b in ctx.data.batches(split, count, seed=seed)]
 
 
 def _scores(groups: list[UnitGroup], model, cfg: PruneConfig, ctx, seed: int):

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Annotated, Any
 
@@ -95,8 +94,8 @@ def _merge(model, cfg: MergeNeuronsConfig, ctx):
     recalibrate = has_data if cfg.recalibrate == "auto" else cfg.recalibrate
     batches = None
     if cfg.by == "activations" or recalibrate:
-        loader = ctx.data.loader("calibration", shuffle=True, seed=ctx.stage_seed())
-        batches = [b.to(ctx.device) for b in itertools.islice(loader, cfg.calibration_batches)]
+        found = ctx.data.batches("calibration", cfg.calibration_batches, seed=ctx.stage_seed())
+        batches = [b.to(ctx.device) for b in found]
     before = model_facts(model, inputs)
     was_training = model.training
     model.eval()
