@@ -195,7 +195,11 @@ def export_onnx_artifacts(model: nn.Module, ctx: Any, out: Path) -> dict[str, An
         # A language model is deployed for generation: also the decoder with past key/values
         # (Optimum / onnxruntime-genai names), verified at prefill and over decode steps.
         artifacts["onnx_with_past"] = export_decoder_onnx(
-            lm, out / DECODER_ONNX_NAME, atol=max(spec.atol, 1e-4), verify=spec.verify
+            lm,
+            out / DECODER_ONNX_NAME,
+            exporter=spec.with_past_exporter,
+            atol=max(spec.atol, 1e-4),
+            verify=spec.verify,
         )
     for kind in spec.quantize:
         artifacts[QUANT_KEYS[kind]] = _quantized(kind, model, ctx, out, info, checks, seq)

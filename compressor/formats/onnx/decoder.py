@@ -18,8 +18,12 @@ Exporter choice: the legacy TorchScript exporter (``dynamo=False``) is the defau
 exporters produced correct graphs for the tested architectures (torch 2.13, transformers
 5.24), but the torch.export-based one took about 60 s for a 2-layer, hidden-64 Llama on this
 machine against about 2 s, and needs every dynamic axis of size >= 2 in the example (it
-specialises 0 and 1). ``exporter="auto"`` tries legacy first and falls back to dynamo when
-legacy raises or fails verification. Whichever ran, the file is only published after it
+specialises 0 and 1). Its graph is leaner, though: for the tiny Llama sample about a third of
+the nodes (no per-step shape arithmetic), and onnxruntime prefilled 1 x 128 tokens in 9.8 ms
+instead of 14.2 ms (the unpruned model 23.6 vs 26.2 ms), so a plan that ships a decoder for
+onnxruntime can ask for it (``export.onnx.with_past_exporter``). ``exporter="auto"`` tries
+dynamo first and falls back to legacy when dynamo raises or fails verification, as the
+plain export's ``auto`` does. Whichever ran, the file is only published after it
 matched torch in onnxruntime at prefill and over ``decode_steps`` greedy decode steps fed
 back through its own presents."""
 
@@ -155,7 +159,7 @@ def export_decoder_onnx(
         model: a ``*ForCausalLM`` (any width, pruned or not); exported in float32 on CPU.
         path: the final ``.onnx`` file; written only once verified.
         exporter: ``"legacy"`` (TorchScript, fast), ``"dynamo"`` (torch.export) or
-            ``"auto"`` (legacy, then dynamo if legacy raises or fails verification).
+            ``"auto"`` (dynamo, then legacy if dynamo raises or fails verification).
         opset: ONNX opset; default 17 for legacy, 18 for dynamo.
         atol: largest |onnxruntime - torch| accepted for logits and presents.
         decode_steps: greedy decode steps verified after the prefill.
@@ -194,7 +198,7 @@ def export_decoder_onnx(
     model.eval()
     layout = checked_layout(model)
     external = wants_external_data(model, external_data)
-    kinds = ["legacy", "dynamo"] if exporter == "auto" else [exporter]
+    kinds = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     problems: list[str] = []
     try:
         with _exportable_attention(model):

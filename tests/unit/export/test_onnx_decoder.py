@@ -197,3 +197,53 @@ def test_external_data_keeps_the_weights_beside_the_graph(tmp_path: Path) -> Non
     assert data.stat().st_size >= 0.9 * weights  # the weights live in the .data file
     assert (tmp_path / "model.onnx").stat().st_size < 0.5 * weights  # graph only, ~100 kB
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+
+
+def test_auto_tries_dynamo_first_and_falls_back_to_legacy(tmp_path: Path, monkeypatch) -> None:
+    # "auto" means what the plain export's auto means: the torch.export graph (leaner, faster
+    # to prefill in onnxruntime) when it exports and verifies, else the legacy one.
+    from compressor.formats.onnx import decoder as D
+
+    tried: list[str] = []
+    real = D._run_exporter
+
+    def recording(kind, *args, **kwargs):
+        tried.append(kind)
+        if kind == "dynamo":
+            raise RuntimeError("dynamo cannot trace this model")
+        return real(kind, *args, **kwargs)
+
+    monkeypatch.setattr(D, "_run_exporter", recording)
+    result = export_decoder_onnx(tiny_lm("llama"), tmp_path / "m.onnx", exporter="auto")
+    assert tried == ["dynamo", "legacy"]
+    assert result["exporter"] == "legacy" and result["verification"]["passed"]
+    assert result["fallback_reason"] == ("dynamo exporter failed: dynamo cannot trace this model")
+
+
+def test_generation_bench_exports_the_original_with_the_compressed_graphs_exporter(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # The prefill/decode ratios compare pruning, not exporters: the original's graph is made
+    # by the exporter that made the run's decoder_with_past.onnx.
+    from compressor.measure import bench as B
+    from compressor.spec.sections import BenchSpec
+
+    calls: list[str] = []
+
+    def fake_export(model, path, exporter="legacy", **kwargs):
+        calls.append(exporter)
+        return {"path": str(path)}
+
+    monkeypatch.setattr(B, "export_decoder_onnx", fake_export)
+    monkeypatch.setattr(B, "measure_generation", lambda *a, **k: {"models": {}})
+    monkeypatch.setattr(B, "generation_ratios", lambda *a, **k: {})
+    monkeypatch.setattr(B, "causal_lm_of", lambda model: model)
+    done = {
+        "onnx_with_past": {"path": str(tmp_path / "decoder_with_past.onnx"), "exporter": "dynamo"}
+    }
+    spec = BenchSpec(runtimes=["onnxruntime"])
+    B.bench_generation(tiny_lm("llama"), tiny_lm("llama"), spec, done, tmp_path, log=lambda m: None)
+    assert calls == ["dynamo"]
+    calls.clear()
+    B.bench_generation(tiny_lm("llama"), tiny_lm("llama"), spec, {}, tmp_path, log=lambda m: None)
+    assert calls == ["legacy", "legacy"]  # nothing exported by the run: both made here
