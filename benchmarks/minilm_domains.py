@@ -11,6 +11,11 @@ Each model reads the text with its OWN tokenizer (a pruned vocabulary has new id
     # vocabulary-pruning options applied to a model with the full vocabulary (the original by
     # default, or e.g. a distill-only output), each measured without any training:
     python benchmarks/minilm_domains.py --prune keep_first=6000 --prune english_words=5000
+    # low-rank factorisation (rank=/keep=/energy=, weighting=frequency|uniform), alone or
+    # after vocabulary pruning in the same option string, as the embeddings stage does:
+    python benchmarks/minilm_domains.py \\
+        --model out/minilm/.run/stages/00-distill/model.safetensors \\
+        --prune rank=96 --prune english_words=8000,rank=192
 
 Ends with one line ``RESULT {json}``.
 """
@@ -116,6 +121,51 @@ def prune_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: list
     return pruned.eval(), model_tokenizer(pruned), choice
 
 
+FACTOR_KEYS = ("rank", "keep", "energy", "weighting")
+
+
+def factorize_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: list[str]):
+    """``model`` with its token table factorised as ``embeddings.factorize`` would (rows
+    weighted by the corpus's token frequencies unless ``weighting=uniform``)."""
+    from compressor.formats.hf.model import input_embedding
+    from compressor.stages.embeddings import factorize as F
+    from compressor.stages.embeddings import vocab as V
+    from compressor.stages.embeddings.config import FactorizeConfig
+    from compressor.stages.embeddings.stage import _set_table
+
+    cfg = FactorizeConfig(**options)
+    table = input_embedding(model)
+    rows, dim = table.weight.shape
+    counts = None
+    if cfg.weighting == "frequency":
+        counts = V.token_counts([tokenised(tokenizer, corpus)], rows)
+    weights = F.row_weights(counts, rows)
+    singular = torch.linalg.svdvals(weights.sqrt().unsqueeze(1) * table.weight.detach().double())
+    rank = F.choose_rank(
+        rows, dim, singular, rank=cfg.rank, keep=cfg.keep, energy=cfg.energy, round_to=cfg.round_to
+    )
+    post = F.bert_post(getattr(model.model, "embeddings", None))
+    result = F.factorize_embedding(table, rank, weights=weights, post=post, refine_steps=0)
+    _set_table(model, result.module)
+    return model.eval(), {"rank": rank, "energy": round(result.energy, 4)}
+
+
+def compress_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: list[str]):
+    """Vocabulary pruning (the vocab keys of ``options``), then factorisation (its rank/keep/
+    energy keys), each only when asked; returns the model, its tokenizer and what was done."""
+    vocab = {k: v for k, v in options.items() if k not in FACTOR_KEYS}
+    factor = {k: v for k, v in options.items() if k in FACTOR_KEYS}
+    done: dict[str, Any] = {}
+    if vocab:
+        model, tokenizer, choice = prune_copy(model, tokenizer, vocab, corpus)
+        done["vocab"] = {"tokens": choice.size_after, **choice.counts}
+    else:
+        model = copy.deepcopy(model)
+    if factor:
+        model, done["factorize"] = factorize_copy(model, tokenizer, factor, corpus)
+    return model.eval(), tokenizer, done
+
+
 def parse_prune(text: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for item in text.split(","):
@@ -135,7 +185,8 @@ def main() -> None:
         "--prune",
         action="append",
         default=[],
-        help="vocab options (key=value,...) applied to --model (or the original) untrained",
+        help="embedding compression (key=value,...: vocab options and/or rank=/keep=/energy= "
+        "of a factorisation) applied to --model (or the original), untrained",
     )
     parser.add_argument("--corpus", default=CORPUS, help="text whose tokens --prune keeps")
     parser.add_argument("--limit", type=int, default=None, help="at most N sentences a domain")
@@ -157,10 +208,10 @@ def main() -> None:
     if args.prune:
         corpus = domain_sentences(args.corpus)
         for text in args.prune:
-            label = f"{base_label}+vocab[{text}]"
-            model, tok, choice = prune_copy(base, base_tok, parse_prune(text), corpus)
+            label = f"{base_label}+emb[{text}]"
+            model, tok, done = compress_copy(base, base_tok, parse_prune(text), corpus)
             models[label] = (model, tok)
-            choices[label] = {"tokens": choice.size_after, **choice.counts}
+            choices[label] = done
 
     total = param_bytes(teacher)
     result: dict[str, Any] = {"machine": machine_load(), "models": {}}
@@ -181,7 +232,7 @@ def main() -> None:
             "param_bytes": param_bytes(model),
             "param_ratio": round(ratio, 4),
             "domains": row,
-            **({"vocab": choices[label]} if label in choices else {}),
+            **({"embeddings": choices[label]} if label in choices else {}),
         }
         cells = " ".join(f"{r['cosine']:.3f} / {r['spearman']:.3f}".rjust(17) for r in row.values())
         print(f"{label[:44]:44s} {ratio:6.3f} {cells}", flush=True)
