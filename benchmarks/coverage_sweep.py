@@ -271,7 +271,17 @@ def phase_prepare(spec: Spec, work: Path) -> dict[str, Any]:
             "checkpoint": str(work / "model.safetensors"),
             "architecture": "benchmarks.sweep_models:build",
             "kwargs": kwargs,
-            "inputs": {"x": {"shape": [1, 3, spec.size, spec.size], "dtype": "float32"}},
+            # Images in [0, 1]: what build(calibrate=...) set the batch-norm statistics from
+            # and what the check below feeds. Without a range compress's synthetic example is
+            # standard normal, outside the calibrated range (ConvMixer's logits reach 6e8).
+            "inputs": {
+                "x": {
+                    "shape": [1, 3, spec.size, spec.size],
+                    "dtype": "float32",
+                    "low": 0.0,
+                    "high": 1.0,
+                }
+            },
         },
         "stages": [{"prune": {"amount": 0.3}}],
         # The legacy exporter: several times faster here than the torch.export-based one
