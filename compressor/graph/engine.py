@@ -119,10 +119,14 @@ class StructureGraph:
             roots = (*_ROOT_TYPES, *transposed_linear_types(self.model))
             try:
                 with index_budget(self._dg):
-                    self._groups = [
-                        self._describe(g, attention, prefixes)
-                        for g in self._dg.get_all_groups(ignored_layers=[], root_module_types=roots)
-                    ]
+                    self._groups = _unique_ids(
+                        [
+                            self._describe(g, attention, prefixes)
+                            for g in self._dg.get_all_groups(
+                                ignored_layers=[], root_module_types=roots
+                            )
+                        ]
+                    )
             except IndexBudgetExceeded as e:
                 raise StageError(
                     f"graph analysis of {type(self.model).__name__} stopped: the channels of "
@@ -442,6 +446,27 @@ class StructureGraph:
                 irregular |= len(m.index) != width
                 count = count * groups // math.gcd(count, groups)
         return count, irregular
+
+
+def _unique_ids(groups: list[UnitGroup]) -> list[UnitGroup]:
+    """Give groups that share a name (one producer split into two groups, as CSPNet's
+    ``conv_exp`` whose halves feed the cross-stage path and the blocks) the channel span of
+    that producer: scores, counts and removals are keyed by group id."""
+    seen: dict[str, int] = {}
+    for g in groups:
+        seen[g.id] = seen.get(g.id, 0) + 1
+    for g in groups:
+        if seen[g.id] < 2:
+            continue
+        own = [m.index for m in g.members if m.name == g.id and m.role == PRODUCER]
+        if own and len(own[0]):
+            lo, hi = int(own[0].min()), int(own[0].max()) + 1
+            g.id = f"{g.id}[{lo}:{hi}]"
+    ids = [g.id for g in groups]
+    for i, g in enumerate(groups):  # still equal (same span): number them
+        if ids.count(ids[i]) > 1:
+            g.id = f"{ids[i]}#{ids[:i].count(ids[i])}"
+    return groups
 
 
 def free_parameter_axis(node: Any, count: int, width: int) -> int | None:

@@ -1,4 +1,4 @@
-"""Torch-Pruning's dependency graph, with two fixes that transformers models need.
+"""Torch-Pruning's dependency graph, with fixes that transformers and CSP models need.
 
 1. Reshapes. Torch-Pruning maps channels through view/reshape only for 2-D/4-D activations
    (flatten of a CNN feature map), and tells those from sequence models by seeing an
@@ -14,6 +14,12 @@
    the offsets Torch-Pruning gives the ones it understands, matching each consumer to the
    split output it actually reads (from its autograd link), not to the order in which the
    tracer happened to meet it.
+3. Splits along axis 1 with one split size (``x.split(c // 2, dim=1)``). Torch-Pruning
+   counts one output per *consumer* and matches consumers to outputs in the order it met
+   them; in timm's CSPNet the second half feeds both a block and its residual, so it saw
+   three outputs of 128 channels of a 256-channel tensor and sent the second half to
+   channels 256-383 (``IndexError: index out of range``). The same function remaps these
+   and stops Torch-Pruning from redoing them its way before each group.
 """
 
 from __future__ import annotations
@@ -122,7 +128,8 @@ def _output_number(split_fn: Any, consumer_fn: Any) -> int | None:
 
 
 def map_last_axis_splits(dg: Any) -> int:
-    """Give every split along the last axis (positive index) its channel offsets, in place.
+    """Give every channel split (axis 1, or the last axis by its positive index) its
+    channel offsets and each consumer the output it reads, in place.
 
     Returns:
         How many split nodes were mapped.
@@ -134,8 +141,10 @@ def map_last_axis_splits(dg: Any) -> int:
         fn = node.grad_fn
         shape = getattr(fn, "_saved_self_sym_sizes", None)
         dim = getattr(fn, "_saved_dim", None)
-        if shape is None or dim is None or dim == 1 or dim != len(shape) - 1:
-            continue  # Torch-Pruning handles these itself (or they are not channel splits)
+        if shape is None or dim is None or dim not in (1, len(shape) - 1):
+            continue  # not a channel split
+        if dim == 1 and dim != len(shape) - 1 and not node.enable_index_mapping:
+            continue  # Torch-Pruning found it splits tokens, not channels (ViT class token)
         sizes = _split_sizes(fn, int(shape[dim]))
         if not sizes:
             continue
@@ -143,6 +152,9 @@ def map_last_axis_splits(dg: Any) -> int:
         for size in sizes:
             offsets.append(offsets[-1] + size)
         node.module.split_sizes, node.module.offsets = sizes, offsets
+        # Torch-Pruning rebuilds split mappings (its own way) before every group; this flag
+        # makes it keep the ones set here.
+        node.enable_index_mapping = False
         for out_node in node.outputs:
             number = _output_number(fn, out_node.grad_fn)
             if number is None or number >= len(sizes):
