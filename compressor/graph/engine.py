@@ -214,18 +214,37 @@ class StructureGraph:
         """
         was_training = self.model.training
         self.model.eval()
+        entered: list[str] = []  # modules whose forward is running: the last one failed
+        hooks = [
+            m.register_forward_pre_hook(lambda _m, _a, n=n: entered.append(n))
+            for n, m in self.model.named_modules()
+            if n
+        ] + [
+            m.register_forward_hook(lambda _m, _a, _o: _pop(entered))
+            for n, m in self.model.named_modules()
+            if n
+        ]
         try:
             with torch.no_grad():
                 shapes = [
                     tuple(t.shape) for t in flatten_tensors(self.model(**self.example_inputs))
                 ]
         except Exception as e:  # any failure here means the edit broke the model
+            where = entered[-1] if entered else None
+            kind = type(self.model.get_submodule(where)).__name__ if where else ""
             raise StageError(
-                f"after pruning, the model no longer runs ({type(e).__name__}: {e})",
-                hint="a layer couples channels in a way the engine does not see; add the "
-                "modules around it to 'ignore:' and report the model",
+                "after pruning, the model no longer runs"
+                + (f" in {where} ({kind})" if where else "")
+                + f" ({type(e).__name__}: {e})",
+                hint=(f"{where} " if where else "a layer ")
+                + "uses a channel count the engine does not see (a split with stored sizes, "
+                "a parameter reshaped to a stored width, a reshape to the input's width); add "
+                + (f"ignore: [{where}] " if where else "the modules around it to 'ignore:' ")
+                + "to leave its channels alone, and report the model",
             ) from e
         finally:
+            for hook in hooks:
+                hook.remove()
             self.model.train(was_training)
         if shapes != self._output_shapes:
             raise StageError(
@@ -319,6 +338,7 @@ class StructureGraph:
         members: list[Member] = []
         unsupported: list[str] = []
         free_owners: list[str] = []
+        param_owners: list[str] = []
         touches: set[str] = set()
         for item in tp_group:
             node = item.dep.target
@@ -327,6 +347,7 @@ class StructureGraph:
                 touches.add("output")
             if node.type == OPTYPE.PARAMETER:
                 owner = self._dg._param_to_name.get(node.module, "?").rpartition(".")[0]
+                param_owners.append(owner)
                 if free_parameter_axis(node, len(item.idxs), width) is not None:
                     free_owners.append(owner)  # cut along its channel axis (see remove)
                     continue
@@ -373,8 +394,14 @@ class StructureGraph:
             (ref,) = refs.values()
             kind, unit_size, group_id = HEADS, ref.head_dim, ref.name
             blocked = _head_layout_problem(ref, producers, interleave)
-        hidden = any(isinstance(m.module, nn.Embedding) for m in producers) or any(
-            id(m.module) in attention for m in members if m.role == CONSUMER
+        # The hidden size: an embedding's width, what attention projections read, or (BEiT,
+        # whose qkv is F.linear on the module's weight, not a module call) a channel group
+        # reaching an attention block's own parameters (q/v biases, relative-position table).
+        attention_names = {r.name for r in attention.values()}
+        hidden = (
+            any(isinstance(m.module, nn.Embedding) for m in producers)
+            or any(id(m.module) in attention for m in members if m.role == CONSUMER)
+            or (kind == CHANNELS and any(o in attention_names for o in param_owners))
         )
         tags = (
             frozenset({FFN})
@@ -446,6 +473,12 @@ class StructureGraph:
                 irregular |= len(m.index) != width
                 count = count * groups // math.gcd(count, groups)
         return count, irregular
+
+
+def _pop(stack: list[str]) -> None:
+    # A forward hook's return value would replace the module's output: return nothing.
+    if stack:
+        stack.pop()
 
 
 def _unique_ids(groups: list[UnitGroup]) -> list[UnitGroup]:

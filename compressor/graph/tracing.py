@@ -83,6 +83,7 @@ class DependencyGraph(tp.DependencyGraph):
 
     def get_pruning_group(self, module, pruning_fn, idxs):
         self._index_count, self._index_root = 0, module  # the budget is per group
+        refresh_split_offsets(self)  # an earlier removal may have narrowed a split
         return super().get_pruning_group(module, pruning_fn, idxs)
 
     def build_dependency(self, model, example_inputs, **kwargs):
@@ -148,23 +149,37 @@ def map_last_axis_splits(dg: Any) -> int:
         sizes = _split_sizes(fn, int(shape[dim]))
         if not sizes:
             continue
-        offsets = [0]
-        for size in sizes:
-            offsets.append(offsets[-1] + size)
-        node.module.split_sizes, node.module.offsets = sizes, offsets
+        node.module.split_sizes = sizes
         # Torch-Pruning rebuilds split mappings (its own way) before every group; this flag
         # makes it keep the ones set here.
         node.enable_index_mapping = False
-        for out_node in node.outputs:
-            number = _output_number(fn, out_node.grad_fn)
-            if number is None or number >= len(sizes):
-                continue
-            span = offsets[number : number + 2]
-            for dep in node.dependencies:
-                if dep.target is out_node:
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=False)
-            for dep in out_node.dependencies:
-                if dep.target is node:
-                    dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=True)
+        dg._mapped_splits = [*getattr(dg, "_mapped_splits", []), node]
+        _map_split(node)
         mapped += 1
     return mapped
+
+
+def refresh_split_offsets(dg: Any) -> None:
+    """Offsets of the mapped splits from their current sizes (Torch-Pruning's split editor
+    narrows ``split_sizes`` when channels go, but leaves the offsets as traced)."""
+    for node in getattr(dg, "_mapped_splits", ()):
+        _map_split(node)
+
+
+def _map_split(node: Any) -> None:
+    sizes = node.module.split_sizes
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    node.module.offsets = offsets
+    for out_node in node.outputs:
+        number = _output_number(node.grad_fn, out_node.grad_fn)
+        if number is None or number >= len(sizes):
+            continue
+        span = offsets[number : number + 2]
+        for dep in node.dependencies:
+            if dep.target is out_node:
+                dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=False)
+        for dep in out_node.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _SplitIndexMapping(offset=span, reverse=True)

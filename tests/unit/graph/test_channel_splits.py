@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -88,4 +89,22 @@ def test_pruned_split_computes_the_model_without_the_removed_channels(tmp_path):
     assert model.conv_exp.out_channels == 13 and model.conv_transition_b.in_channels == 5
     with torch.no_grad():
         assert torch.allclose(model(x), reference(x), atol=1e-5)
+    assert onnx_max_diff(model, {"x": x}, tmp_path / "m.onnx") < 1e-4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: after the first half is cut, Torch-Pruning's concat offsets for the "
+    "split output xs stay as traced, so conv_transition's input is not cut with the second",
+)
+def test_both_halves_pruned_one_after_the_other(tmp_path):
+    # The second removal must see the split as the first one left it (8 + 8 -> 6 + 8).
+    model, x = _model(), torch.rand(2, 3, 16, 16)
+    graph = StructureGraph(model, {"x": x})
+    graph.remove(graph.group("conv_exp[0:8]"), [0, 5])
+    graph.remove(graph.group("conv_exp[6:14]"), [2, 7])  # the second half, now at 6..13
+    model.c = 6  # the split size the model stores (timm's expand_chs // 2), both halves at 6
+    graph.verify()
+    assert model.conv_exp.out_channels == 12 and model.conv_transition_b.in_channels == 6
+    assert model.blocks[0].conv1.in_channels == 6
     assert onnx_max_diff(model, {"x": x}, tmp_path / "m.onnx") < 1e-4
