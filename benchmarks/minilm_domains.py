@@ -16,6 +16,9 @@ Each model reads the text with its OWN tokenizer (a pruned vocabulary has new id
     python benchmarks/minilm_domains.py \\
         --model out/minilm/.run/stages/00-distill/model.safetensors \\
         --prune rank=96 --prune english_words=8000,rank=192
+    # weight sharing: the token table (cluster=K) or every layer weight (cluster_all=K) on a
+    # K-entry codebook, stored as uint8 (K <= 256) or 4-bit (K <= 16) indices:
+    python benchmarks/minilm_domains.py --model ... --prune cluster=16 --prune cluster_all=256
 
 Ends with one line ``RESULT {json}``.
 """
@@ -66,6 +69,14 @@ def load_compressed(text: str, fallback_tokenizer: Any):
         model, _ = load_original(str(path))
     else:
         model = load(path)
+    if model_tokenizer(model) is None and getattr(model, "tokenizer_json", "absent") is None:
+        # A stage checkpoint (.run/stages/...) carries no tokenizer: the vocabulary is still
+        # the original's, so its tokenizer.json is the model's.
+        from compressor.formats.hf.model import input_embedding
+
+        original, _ = load_original()
+        if input_embedding(model).num_embeddings == input_embedding(original).num_embeddings:
+            model._tokenizer_source = original._tokenizer_source
     return model.eval(), model_tokenizer(model) or fallback_tokenizer
 
 
@@ -76,7 +87,10 @@ def domain_sentences(source: str) -> list[str]:
 
     ref = parse_source(source)
     options = {k: v for k, v in ref.options.items() if k not in ("limit", "max_length")}
-    sentences = E.corpus_sentences(ref.target, options)
+    if ref.target == "mix":
+        sentences = E.mix_sentences(options)
+    else:
+        sentences = E.corpus_sentences(ref.target, options)
     limit = int(ref.options["limit"]) if "limit" in ref.options else None
     return T.sample(sentences, limit, int(ref.options.get("seed", "0")))
 
@@ -90,7 +104,15 @@ def tokenised(tokenizer: Any, sentences: list[str]):
 
 
 def param_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes the weights take in ``model.safetensors``: clustered tensors are stored as
+    codebook indices (``compressor.formats.compacted.encode_state``), the rest as they are."""
+    from compressor.formats.compacted import encode_state
+
+    state = {}
+    for name, p in model.named_parameters():  # each shared tensor once, as the writer does
+        state.setdefault(id(p), (name, p.detach()))
+    stored, _ = encode_state({name: t for name, t in state.values()})
+    return sum(t.numel() * t.element_size() for t in stored.values())
 
 
 def prune_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: list[str]):
@@ -122,6 +144,25 @@ def prune_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: list
 
 
 FACTOR_KEYS = ("rank", "keep", "energy", "weighting")
+# cluster=K: the token table on a K-entry codebook (share: cluster-weights on the embeddings);
+# cluster_all=K: every layer weight, as cluster-weights with its default targets.
+CLUSTER_KEYS = ("cluster", "cluster_all")
+
+
+def cluster_copy(model: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Put the token table (``cluster``) or every layer weight (``cluster_all``) on a
+    codebook in place, as ``share: {method: cluster-weights}`` does."""
+    from compressor.formats.hf.model import input_embedding
+    from compressor.stages.share.cluster import cluster_parameters, targets
+
+    done = {}
+    if "cluster_all" in options:
+        done["cluster_all"] = len(cluster_parameters(targets(model), int(options["cluster_all"])))
+    if "cluster" in options:
+        table = input_embedding(model)
+        cluster_parameters([("embeddings", table.weight)], int(options["cluster"]))
+        done["cluster"] = int(options["cluster"])
+    return done
 
 
 def factorize_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: list[str]):
@@ -153,8 +194,9 @@ def factorize_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: 
 def compress_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: list[str]):
     """Vocabulary pruning (the vocab keys of ``options``), then factorisation (its rank/keep/
     energy keys), each only when asked; returns the model, its tokenizer and what was done."""
-    vocab = {k: v for k, v in options.items() if k not in FACTOR_KEYS}
+    vocab = {k: v for k, v in options.items() if k not in FACTOR_KEYS + CLUSTER_KEYS}
     factor = {k: v for k, v in options.items() if k in FACTOR_KEYS}
+    cluster = {k: v for k, v in options.items() if k in CLUSTER_KEYS}
     done: dict[str, Any] = {}
     if vocab:
         model, tokenizer, choice = prune_copy(model, tokenizer, vocab, corpus)
@@ -163,6 +205,8 @@ def compress_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: l
         model = copy.deepcopy(model)
     if factor:
         model, done["factorize"] = factorize_copy(model, tokenizer, factor, corpus)
+    if cluster:
+        done.update(cluster_copy(model, cluster))
     return model.eval(), tokenizer, done
 
 
@@ -236,7 +280,7 @@ def main() -> None:
         }
         cells = " ".join(f"{r['cosine']:.3f} / {r['spearman']:.3f}".rjust(17) for r in row.values())
         print(f"{label[:44]:44s} {ratio:6.3f} {cells}", flush=True)
-    print("cells: cosine / Spearman to the original; bytes: parameter bytes / the original's")
+    print("cells: cosine / Spearman to the original; bytes: stored weight bytes / the original's")
     result["domains"] = {
         d.name: {"source": d.source, "role": d.role, "sentences": len(domains[d.name])}
         for d in DOMAINS
