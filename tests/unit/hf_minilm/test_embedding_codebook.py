@@ -48,7 +48,13 @@ def test_token_table_on_a_codebook_keeps_the_vocabulary_and_shrinks_the_file(
     assert indices.dtype == torch.uint8 and codebook.numel() <= k
     assert indices.numel() == (rows * dim * bits + 7) // 8
     # The reloaded model computes the metric the run reported on the eval text.
-    tok = model_tokenizer(back, 16)
+    # No tokenizer is rewritten (the vocabulary is unchanged): the original folder's reads it.
+    from tokenizers import Tokenizer
+
+    from compressor.formats.hf.tokenizer import tokenizer_callable
+
+    assert model_tokenizer(back, 16) is None
+    tok = tokenizer_callable(Tokenizer.from_file(str(tiny_bert / "tokenizer.json")), 16)
     with torch.no_grad():
         assert torch.isfinite(back(**tok(EVAL))).all()
     assert 0.5 < report["metric"]["after"] <= 1.0
