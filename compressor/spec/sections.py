@@ -154,8 +154,8 @@ class OnnxSpec(StrictModel):
         "legacy",
         description="Exporter of a causal LM's decoder_with_past.onnx. legacy exports in "
         "seconds; dynamo takes about 30 s more for the tiny Llama but its graph has a third "
-        "of the nodes (347 vs 1,112) and prefilled 1.45x faster in onnxruntime (9.8 vs 14.2 ms, 1 x 128 "
-        "tokens); auto: dynamo, falling back to legacy.",
+        "of the nodes (347 vs 1,112) and prefilled 1.45x faster in onnxruntime (9.8 vs "
+        "14.2 ms, 1 x 128 tokens); auto: dynamo, falling back to legacy.",
     )
     verify: bool = True
     atol: float = Field(1e-4, ge=0)
