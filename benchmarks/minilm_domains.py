@@ -169,25 +169,17 @@ def factorize_copy(model: Any, tokenizer: Any, options: dict[str, Any], corpus: 
     """``model`` with its token table factorised as ``embeddings.factorize`` would (rows
     weighted by the corpus's token frequencies unless ``weighting=uniform``)."""
     from compressor.formats.hf.model import input_embedding
-    from compressor.stages.embeddings import factorize as F
     from compressor.stages.embeddings import vocab as V
     from compressor.stages.embeddings.config import FactorizeConfig
-    from compressor.stages.embeddings.stage import _set_table
+    from compressor.stages.embeddings.stage import factorize_table
 
     cfg = FactorizeConfig(**options)
-    table = input_embedding(model)
-    rows, dim = table.weight.shape
     counts = None
     if cfg.weighting == "frequency":
+        rows = input_embedding(model).num_embeddings
         counts = V.token_counts([tokenised(tokenizer, corpus)], rows)
-    weights = F.row_weights(counts, rows)
-    singular = torch.linalg.svdvals(weights.sqrt().unsqueeze(1) * table.weight.detach().double())
-    rank = F.choose_rank(
-        rows, dim, singular, rank=cfg.rank, keep=cfg.keep, energy=cfg.energy, round_to=cfg.round_to
-    )
-    post = F.bert_post(getattr(model.model, "embeddings", None))
-    result = F.factorize_embedding(table, rank, weights=weights, post=post, refine_steps=0)
-    _set_table(model, result.module)
+    result, _ = factorize_table(model, cfg, counts)
+    rank = result.rank
     return model.eval(), {"rank": rank, "energy": round(result.energy, 4)}
 
 

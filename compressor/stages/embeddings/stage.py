@@ -127,17 +127,16 @@ def _prune_vocab(model, cfg: VocabConfig, ctx) -> dict[str, Any]:
     return report
 
 
-def _factorize(model, cfg: FactorizeConfig, ctx) -> dict[str, Any]:
-
+def factorize_table(model, cfg: FactorizeConfig, counts: torch.Tensor | None, seed: int = 0):
+    """Replace ``model``'s token table by its rank-chosen factorisation (``cfg``), rows
+    weighted by ``counts`` (token frequencies; None for uniform). Returns ``(result, table)``:
+    the factorisation and the table it replaced."""
     table = input_embedding(model)
     if isinstance(table, FactorizedEmbedding):
         raise StageError("the token embedding table is already factorised")
     if not isinstance(table, torch.nn.Embedding):
         raise StageError(f"cannot factorise a {type(table).__name__} token table")
     rows, dim = table.weight.shape
-    counts = None
-    if cfg.weighting == "frequency":
-        counts = token_counts(_corpus(ctx, cfg.corpus), rows)
     weights = row_weights(counts, rows)
     singular = torch.linalg.svdvals(weights.sqrt().unsqueeze(1) * table.weight.detach().double())
     rank = choose_rank(
@@ -151,10 +150,22 @@ def _factorize(model, cfg: FactorizeConfig, ctx) -> dict[str, Any]:
         post=post,
         refine_steps=cfg.refine_steps,
         lr=cfg.lr,
-        seed=ctx.stage_seed(),
+        seed=seed,
     )
-    bytes_before = _table_bytes(table)
     _set_table(model, result.module)
+    return result, table
+
+
+def _factorize(model, cfg: FactorizeConfig, ctx) -> dict[str, Any]:
+
+    counts = None
+    if cfg.weighting == "frequency":
+        rows = input_embedding(model).num_embeddings
+        counts = token_counts(_corpus(ctx, cfg.corpus), rows)
+    result, table = factorize_table(model, cfg, counts, seed=ctx.stage_seed())
+    rows, dim = table.weight.shape
+    rank = result.rank
+    bytes_before = _table_bytes(table)
     ctx.log(
         f"  embedding table {rows:,}x{dim} -> rank {rank} "
         f"({_table_bytes(result.module) / bytes_before:.3f}x the bytes)"
