@@ -41,10 +41,10 @@ def main() -> dict:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import onnx
-    import onnxruntime as ort
     from transformers import AutoModelForCausalLM
 
     from compressor.formats.onnx.decoder import export_decoder_onnx
+    from compressor.formats.onnx.session import ort_session
     from compressor.measure.lm import ort_prefill_fn, prompt_ids
 
     models = {
@@ -63,12 +63,7 @@ def main() -> dict:
                     "nodes": len(graph.node),
                     "shape_ops": sum(c for op, c in ops.items() if op in SHAPE_OPS),
                 }
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = args.threads
-                options.inter_op_num_threads = 1
-                sessions[(name, kind)] = ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
+                sessions[(name, kind)] = ort_session(path, threads=args.threads)
         vocab = models["original"].config.vocab_size
         ids = prompt_ids(vocab, 1, args.prompt_len)
         calls = {key: ort_prefill_fn(s, ids) for key, s in sessions.items()}
