@@ -184,6 +184,28 @@ def test_teacher_cache_runs_the_teacher_once_and_changes_nothing(cnn, write_plan
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
 
 
+def test_run_directory_keeps_a_small_teacher_cache_and_not_a_large_one(cnn, tmp_path, monkeypatch):
+    from compressor.stages.distill import teacher_cache
+
+    ctx, model = cnn
+    ctx.run_dir = tmp_path / ".run"
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    options = {"max_steps": 2, "few_shot": 5, "cache_teacher": True}
+    run(ctx, model, **options)
+    kept = ctx.run_dir / "teacher_cache" / f"stage{ctx.stage_index:02d}.safetensors"
+    assert ctx.stage_report["cache_file"] == str(kept) and kept.is_file()
+    kept.unlink()
+    # Over the limit: memory only (a resume runs the teacher again), and the report says so.
+    monkeypatch.setattr(teacher_cache, "RUN_DIR_CACHE_BYTES", ctx.stage_report["cache_bytes"] - 1)
+    model.load_state_dict(state)
+    run(ctx, model, **options)
+    assert ctx.stage_report["cache"] is True and ctx.stage_report["cache_file"] is None
+    assert not kept.exists()
+    # An explicit cache_file is always written, whatever its size.
+    run(ctx, model, cache_file=str(tmp_path / "t.safetensors"), **options)
+    assert (tmp_path / "t.safetensors").is_file()
+
+
 def test_teacher_cache_file_is_reused_and_invalidated(cnn, tmp_path):
     ctx, model = cnn
     state = {k: v.clone() for k, v in model.state_dict().items()}
