@@ -63,7 +63,7 @@ def main() -> dict:
                     "nodes": len(graph.node),
                     "shape_ops": sum(c for op, c in ops.items() if op in SHAPE_OPS),
                 }
-                sessions[(name, kind)] = ort_session(path, threads=args.threads)
+                sessions[(name, kind)] = ort_session(path, threads=args.threads, spinning=False)
         vocab = models["original"].config.vocab_size
         ids = prompt_ids(vocab, 1, args.prompt_len)
         calls = {key: ort_prefill_fn(s, ids) for key, s in sessions.items()}

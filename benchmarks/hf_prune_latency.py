@@ -117,7 +117,7 @@ def run_arch(arch: str, args, tmp: Path) -> dict:
     for i, (name, model) in enumerate(models.items()):
         onnx = export_onnx(model, example, tmp / f"{arch}{i}.onnx", spec)
         infos[name]["onnx_max_abs_diff"] = onnx["verification"]["max_abs_diff_overall"]
-        sessions[name] = ort_session(onnx["path"], threads=args.threads)
+        sessions[name] = ort_session(onnx["path"], threads=args.threads, spinning=False)
     for name, timing in paired(sessions, example, args.rounds, args.iterations).items():
         infos[name].update(timing)
     return infos

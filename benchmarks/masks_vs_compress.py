@@ -94,7 +94,7 @@ def main() -> None:
                 model, example, Path(tmp) / f"{name}.onnx", OnnxSpec(exporter="legacy", opset=17)
             )
             data = Path(info["path"]).read_bytes()
-            sessions[name] = ort_session(info["path"], threads=args.threads)
+            sessions[name] = ort_session(info["path"], threads=args.threads, spinning=False)
             rows[name] = {
                 "params_stored": count_params(model),
                 "params_nonzero": nonzero(model),

@@ -113,7 +113,7 @@ def main() -> None:
         for i, (name, model) in enumerate(models.items()):
             info = export_onnx(model, example, Path(tmp) / f"m{i}.onnx", spec)
             sizes[name] = info["size_bytes"]
-            sessions[name] = ort_session(info["path"], threads=threads)
+            sessions[name] = ort_session(info["path"], threads=threads, spinning=False)
         timings = {
             batch: paired_rounds(sessions, example, batch, args.rounds, args.iterations)
             for batch in args.batches

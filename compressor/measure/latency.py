@@ -333,6 +333,7 @@ def measure(
     settings.update(
         threads=threads,
         interleaved=True,
+        ort_spinning=False,
         devices_measured=devices,
         memory_batch=max(configs, key=lambda c: (c[0], c[1] or 0))[0],
     )
@@ -375,7 +376,10 @@ def _time_runtime(subjects, runtime, device, configs, example, spec, threads, mo
     sessions, homes = {}, {}
     for s in ready:
         if runtime == "onnxruntime":
-            sessions[s.name] = ort_session(s.onnx_path, device=device, threads=threads)
+            # Parked threads: a spinning session steals the cores of the next one timed.
+            sessions[s.name] = ort_session(
+                s.onnx_path, device=device, threads=threads, spinning=False
+            )
         else:
             homes[s.name] = _home_device(s.torch_model)
             s.torch_model.to(device)

@@ -268,7 +268,12 @@ def measure_generation(
     vocab = min(vocab_size_of(m) for m in models.values())
     onnx_paths = dict(onnx_paths or {})
     notes = [f"{n}: no ONNX file, onnxruntime skipped" for n in models if n not in onnx_paths]
-    sessions = {n: ort_session(p, threads=threads) for n, p in onnx_paths.items() if n in models}
+    # Parked threads: a spinning session steals the cores of the next one timed.
+    sessions = {
+        n: ort_session(p, threads=threads, spinning=False)
+        for n, p in onnx_paths.items()
+        if n in models
+    }
     result: dict[str, dict[str, Any]] = {
         n: {
             "prefill_ms": {},
@@ -320,7 +325,7 @@ def measure_generation(
     finally:
         torch.set_num_threads(previous)
     settings = asdict(spec)
-    settings.update(threads=threads, interleaved=True, runtimes=list(runtimes))
+    settings.update(threads=threads, interleaved=True, ort_spinning=False, runtimes=list(runtimes))
     return {
         "settings": settings,
         "environment": environment(threads),

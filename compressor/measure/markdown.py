@@ -46,7 +46,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- {env['cpu']}, threads {s['threads']}; torch {env['torch']}, onnxruntime "
             f"{env['onnxruntime']}",
             f"- {s['warmup']} warm-up calls, then {s['rounds']} interleaved rounds x "
-            f"{s['iterations']} timed calls per model; p50/p90 over all calls",
+            f"{s['iterations']} timed calls per model; p50/p90 over all calls"
+            + (
+                "; onnxruntime threads park between calls (no spinning)"
+                if s.get("ort_spinning") is False
+                else ""
+            ),
             f"- peak memory: fresh process per model and runtime, batch {s.get('memory_batch')}"
             if s.get("memory")
             else "- peak memory: not measured",

@@ -144,3 +144,27 @@ def test_lm_generation_benchmark_on_two_saved_llamas(capsys) -> None:
     assert ratios["params"] < 0.5
     assert ratios["decode_tokens_per_s"]["onnxruntime"] > 0
     assert all(e["max_abs_diff"] < 1e-4 for e in summary["exports"].values())
+
+
+def test_timing_sessions_park_their_threads(two_models, monkeypatch) -> None:
+    """Interleaved timing needs sessions whose threads stop spinning after a call (a spinning
+    session steals the cores of the next model timed)."""
+    import compressor.measure.lm as lm
+
+    models, paths = two_models
+    made: list = []
+
+    def recording_session(*args, **kwargs):
+        made.append(ort_session(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(lm, "ort_session", recording_session)
+    spec = GenerationBenchSpec(
+        prefill_shapes=((1, 4),), decode_prompt_len=4, new_tokens=2, rounds=1, iterations=1
+    )
+    result = lm.measure_generation(models, spec, onnx_paths=paths)
+    assert result["settings"]["ort_spinning"] is False and len(made) == 2
+    for session in made:
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
