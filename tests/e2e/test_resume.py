@@ -32,11 +32,13 @@ from tests.e2e.runs import (
     mlp_plan,
 )
 
-# prune (two steps with fine-tuning between: long enough to be killed in) + finetune, the
-# default ONNX exporter (torch.export, a few seconds: long enough to be killed in too).
+# prune (two steps with fine-tuning between: long enough to be killed in) + finetune (30
+# epochs, about a second: with 3 epochs an idle machine finished the finetune and the export
+# before a signal sent on "stage 1 finetune" arrived, and the run exited 0), the default ONNX
+# exporter (torch.export, a few seconds: long enough to be killed in too).
 STAGES = (
     "  - prune: {amount: 0.5, criterion: l2, scope: per-layer, steps: 2, finetune_epochs: 1}\n"
-    "  - finetune: {epochs: 3, lr: 2.0e-3}\n"
+    "  - finetune: {epochs: 30, lr: 2.0e-3}\n"
 )
 DATA = "  train: builtin:digits?split=train\n  eval: builtin:digits?split=test\n  batch_size: 32\n"
 FINAL_NAMES = {
@@ -216,7 +218,7 @@ def test_ctrl_c_or_sigterm_exits_130_keeps_finished_stages(
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(plan, tmp_path):
     out = tmp_path / "out"
     slow = Path(str(plan).replace("plan.yaml", "slow.yaml"))
-    slow.write_text(plan.read_text().replace("finetune: {epochs: 3", "finetune: {epochs: 60"))
+    slow.write_text(plan.read_text().replace("finetune: {epochs: 30", "finetune: {epochs: 600"))
     first = start(slow, out)
     try:
         deadline = time.monotonic() + 120
