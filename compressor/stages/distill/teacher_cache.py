@@ -282,9 +282,12 @@ def setup_cache(
     data_files: tuple[str, ...] = (),
     passes: float = float("inf"),
     auto_bytes: int = 256 * 2**20,
-    keep_in_run_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Build (or reload) the teacher cache of ``dataset`` and give it to ``objective``.
+
+    Without ``file``, the run directory keeps caches up to :data:`RUN_DIR_CACHE_BYTES`;
+    bigger ones stay in memory only: writing 13.6 GB took longer here than the teacher pass
+    that rebuilds it (about a minute for MiniLM over 23k sentences).
 
     Args:
         objective: has ``teacher``, ``teacher_taps``, ``pairs`` and receives ``cache``.
@@ -296,10 +299,6 @@ def setup_cache(
         passes: how many times training will see each example; "auto" does not cache for a
             single pass (the teacher would run once per example either way), unless ``file``
             asks to keep the outputs.
-        keep_in_run_bytes: the largest cache written to the run directory when ``file`` is
-            not given (for resume; default :data:`RUN_DIR_CACHE_BYTES`). Bigger ones stay
-            in memory only: writing 13.6 GB took longer here than the teacher pass that
-            rebuilds it (about a minute for MiniLM over 23k sentences).
 
     Returns:
         What was done, for the stage report.
@@ -340,8 +339,7 @@ def setup_cache(
         cache = TeacherCache.build(
             objective.teacher, objective.teacher_taps, dataset, batch_size, ctx.device
         )
-        limit = RUN_DIR_CACHE_BYTES if keep_in_run_bytes is None else keep_in_run_bytes
-        if in_run_dir and cache.nbytes > limit:
+        if in_run_dir and cache.nbytes > RUN_DIR_CACHE_BYTES:
             path = None  # memory only: rebuilding it on resume is cheaper than writing it
         if path is not None and ctx.is_main_process:
             cache.save(path, key)
