@@ -44,7 +44,7 @@ def main() -> dict:
     from transformers import AutoModelForCausalLM
 
     from compressor.formats.onnx.decoder import export_decoder_onnx
-    from compressor.formats.onnx.session import ort_session
+    from compressor.formats.onnx.session import timing_session
     from compressor.measure.lm import ort_prefill_fn, prompt_ids
 
     models = {
@@ -63,7 +63,7 @@ def main() -> dict:
                     "nodes": len(graph.node),
                     "shape_ops": sum(c for op, c in ops.items() if op in SHAPE_OPS),
                 }
-                sessions[(name, kind)] = ort_session(path, threads=args.threads, spinning=False)
+                sessions[(name, kind)] = timing_session(path, threads=args.threads)
         vocab = models["original"].config.vocab_size
         ids = prompt_ids(vocab, 1, args.prompt_len)
         calls = {key: ort_prefill_fn(s, ids) for key, s in sessions.items()}

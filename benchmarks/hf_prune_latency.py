@@ -29,7 +29,7 @@ from compressor.data.bundle import DataBundle
 from compressor.formats.hf.save import save_hf_folder
 from compressor.formats.loading import load_model
 from compressor.formats.onnx.export import export_onnx
-from compressor.formats.onnx.session import ort_session
+from compressor.formats.onnx.session import timing_session
 from compressor.measure.latency import environment, ort_callable, physical_cores, time_interleaved
 from compressor.plan.load import load_plan
 from compressor.run.context import RunContext
@@ -117,7 +117,7 @@ def run_arch(arch: str, args, tmp: Path) -> dict:
     for i, (name, model) in enumerate(models.items()):
         onnx = export_onnx(model, example, tmp / f"{arch}{i}.onnx", spec)
         infos[name]["onnx_max_abs_diff"] = onnx["verification"]["max_abs_diff_overall"]
-        sessions[name] = ort_session(onnx["path"], threads=args.threads, spinning=False)
+        sessions[name] = timing_session(onnx["path"], threads=args.threads)
     for name, timing in paired(sessions, example, args.rounds, args.iterations).items():
         infos[name].update(timing)
     return infos

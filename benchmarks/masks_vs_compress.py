@@ -32,7 +32,7 @@ import torch.nn.utils.prune as torch_prune
 
 from compressor.counting import count_macs, count_params
 from compressor.formats.onnx.export import export_onnx
-from compressor.formats.onnx.session import ort_session
+from compressor.formats.onnx.session import timing_session
 from compressor.measure.latency import physical_cores
 from compressor.spec.sections import OnnxSpec
 from compressor.stages import prune
@@ -94,7 +94,7 @@ def main() -> None:
                 model, example, Path(tmp) / f"{name}.onnx", OnnxSpec(exporter="legacy", opset=17)
             )
             data = Path(info["path"]).read_bytes()
-            sessions[name] = ort_session(info["path"], threads=args.threads, spinning=False)
+            sessions[name] = timing_session(info["path"], threads=args.threads)
             rows[name] = {
                 "params_stored": count_params(model),
                 "params_nonzero": nonzero(model),

@@ -30,7 +30,7 @@ import torch
 
 from compressor.counting import count_macs, count_params
 from compressor.formats.onnx.export import export_onnx
-from compressor.formats.onnx.session import ort_session
+from compressor.formats.onnx.session import timing_session
 from compressor.forward import resize_batch
 from compressor.measure.latency import environment, ort_callable, physical_cores, time_interleaved
 from compressor.spec.sections import OnnxSpec
@@ -113,7 +113,7 @@ def main() -> None:
         for i, (name, model) in enumerate(models.items()):
             info = export_onnx(model, example, Path(tmp) / f"m{i}.onnx", spec)
             sizes[name] = info["size_bytes"]
-            sessions[name] = ort_session(info["path"], threads=threads, spinning=False)
+            sessions[name] = timing_session(info["path"], threads=threads)
         timings = {
             batch: paired_rounds(sessions, example, batch, args.rounds, args.iterations)
             for batch in args.batches

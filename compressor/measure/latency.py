@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import StageError
-from compressor.formats.onnx.session import ort_feeds, ort_session
+from compressor.formats.onnx.session import ort_feeds, timing_session
 from compressor.forward import model_device, resize_batch, resize_sequence
 from compressor.measure.memory_probe import probe_memory
 
@@ -376,10 +376,7 @@ def _time_runtime(subjects, runtime, device, configs, example, spec, threads, mo
     sessions, homes = {}, {}
     for s in ready:
         if runtime == "onnxruntime":
-            # Parked threads: a spinning session steals the cores of the next one timed.
-            sessions[s.name] = ort_session(
-                s.onnx_path, device=device, threads=threads, spinning=False
-            )
+            sessions[s.name] = timing_session(s.onnx_path, device=device, threads=threads)
         else:
             homes[s.name] = _home_device(s.torch_model)
             s.torch_model.to(device)

@@ -35,7 +35,7 @@ from compressor.formats.onnx.decoder_cache import (
     vocab_size_of,
 )
 from compressor.formats.onnx.decoder_verify import session_layout
-from compressor.formats.onnx.session import ort_session
+from compressor.formats.onnx.session import timing_session
 from compressor.measure.latency import DeviceTime, environment, physical_cores, time_interleaved
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -268,12 +268,7 @@ def measure_generation(
     vocab = min(vocab_size_of(m) for m in models.values())
     onnx_paths = dict(onnx_paths or {})
     notes = [f"{n}: no ONNX file, onnxruntime skipped" for n in models if n not in onnx_paths]
-    # Parked threads: a spinning session steals the cores of the next one timed.
-    sessions = {
-        n: ort_session(p, threads=threads, spinning=False)
-        for n, p in onnx_paths.items()
-        if n in models
-    }
+    sessions = {n: timing_session(p, threads=threads) for n, p in onnx_paths.items() if n in models}
     result: dict[str, dict[str, Any]] = {
         n: {
             "prefill_ms": {},

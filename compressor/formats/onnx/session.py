@@ -60,6 +60,12 @@ def ort_session(
         raise CheckpointError(f"onnxruntime cannot load {path}: {first_line(str(e))}") from None
 
 
+def timing_session(path: Path | str, *, device: str = "cpu", threads: int | None = None) -> Any:
+    """A session for timing beside other models: its threads park after each call (a
+    spinning session steals the cores of the next model timed; see :func:`ort_session`)."""
+    return ort_session(path, device=device, threads=threads, spinning=False)
+
+
 _ORT_NUMPY = {
     "tensor(float)": np.float32,
     "tensor(double)": np.float64,

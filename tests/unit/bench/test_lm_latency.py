@@ -154,11 +154,13 @@ def test_timing_sessions_park_their_threads(two_models, monkeypatch) -> None:
     models, paths = two_models
     made: list = []
 
+    real = lm.timing_session
+
     def recording_session(*args, **kwargs):
-        made.append(ort_session(*args, **kwargs))
+        made.append(real(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(lm, "ort_session", recording_session)
+    monkeypatch.setattr(lm, "timing_session", recording_session)
     spec = GenerationBenchSpec(
         prefill_shapes=((1, 4),), decode_prompt_len=4, new_tokens=2, rounds=1, iterations=1
     )
