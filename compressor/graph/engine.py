@@ -53,6 +53,7 @@ from compressor.graph.groups import (
     role_of,
 )
 from compressor.graph.layers import transposed_linear_types
+from compressor.graph.stored_widths import StoredWidths
 from compressor.graph.support import (
     check_supported,
     flatten_tensors,
@@ -101,6 +102,8 @@ class StructureGraph:
         self.prune_hidden = prune_hidden
         self.history: list[dict[str, Any]] = []
         self.swapped = swap_multihead_attention(model, self.is_ignored)
+        # Captured before any edit, while the stored counts still agree with the tensors.
+        self._stored_widths = StoredWidths(model)
         self._groups: list[UnitGroup] | None = None
         self._trace()
 
@@ -171,11 +174,21 @@ class StructureGraph:
                 f"pruning would remove every unit of {group.id!r}",
                 hint="prune less (a lower amount or target)",
             )
+        emptied = [span for span in group.spans if span <= set(units)]
+        if emptied:
+            reader = next(m.name for m in group.members if _units_read(group, m) == emptied[0])
+            raise StageError(
+                f"pruning would remove all {len(emptied[0])} units of {group.id!r} that "
+                f"{reader} reads, leaving it no channels",
+                hint="keep one unit of each such span (the prune stage does)",
+            )
         root, root_fn = group.handle
         if channel_count(root, role_of(root, True)) != group.width:
             raise RuntimeError(f"group {group.id!r} is stale: its root was edited since")
         tied = tied_parameters(self.model)
         tp_group = self._dg.get_pruning_group(root, root_fn, group.channels(units))
+        if group.attention is not None:
+            _cut_head_parameters(tp_group, group.attention)
         records = []
         for item in tp_group:
             module = item.dep.target.module
@@ -201,6 +214,7 @@ class StructureGraph:
         tp_group.prune(record_history=False)
         if group.attention is not None:
             group.attention.remove_heads(len(units))
+        self._stored_widths.sync()
         retie(tied)
         self.history.extend(records)
         self._groups = None  # widths changed: describe the groups afresh when asked
@@ -339,6 +353,7 @@ class StructureGraph:
         unsupported: list[str] = []
         free_owners: list[str] = []
         param_owners: list[str] = []
+        per_head: list[tuple[str, Any, str]] = []  # parameters that may be indexed by head
         touches: set[str] = set()
         for item in tp_group:
             node = item.dep.target
@@ -353,6 +368,7 @@ class StructureGraph:
                     continue
                 kind = type(self.model.get_submodule(owner)).__name__ if owner else "model"
                 unsupported.append(f"{owner or '<model>'} ({kind})")
+                per_head.append((owner, node, unsupported[-1]))
                 continue
             name = self._names.get(node.module)
             if name is None:  # an operation (add, cat, reshape...), not a module
@@ -394,6 +410,12 @@ class StructureGraph:
             (ref,) = refs.values()
             kind, unit_size, group_id = HEADS, ref.head_dim, ref.name
             blocked = _head_layout_problem(ref, producers, interleave)
+            # A parameter of the attention block with one entry per head (Swin's relative
+            # position bias table, (positions, heads)) loses the removed heads' entries.
+            for owner, node, label in per_head:
+                if owner == ref.name and head_parameter_axis(node, ref) is not None:
+                    unsupported.remove(label)
+                    free_owners.append(owner)
         # The hidden size: an embedding's width, what attention projections read, or (BEiT,
         # whose qkv is F.linear on the module's weight, not a module call) a channel group
         # reaching an attention block's own parameters (q/v biases, relative-position table).
@@ -426,6 +448,8 @@ class StructureGraph:
         elif irregular or "irregular" in touches or width % (interleave * unit_size):
             blocked = blocked or "its channels are coupled in a pattern the engine cannot split"
         extra = (ref.name,) if ref is not None else ()
+        units = width // (interleave * unit_size) if width % (interleave * unit_size) == 0 else 0
+        spans = _partial_spans(members, width, interleave, unit_size, units)
         return UnitGroup(
             id=group_id,
             kind=kind,
@@ -438,6 +462,7 @@ class StructureGraph:
             blocked=blocked,
             unsupported=tuple(unsupported),
             attention=ref,
+            spans=spans,
             handle=(root, root_fn),
         )
 
@@ -473,6 +498,21 @@ class StructureGraph:
                 irregular |= len(m.index) != width
                 count = count * groups // math.gcd(count, groups)
         return count, irregular
+
+
+def _units_read(group: UnitGroup, member: Member) -> frozenset[int]:
+    return frozenset(group.unit_of(member.root).tolist())
+
+
+def _partial_spans(
+    members: list[Member], width: int, interleave: int, unit_size: int, units: int
+) -> tuple[frozenset[int], ...]:
+    """The unit sets of members that read only part of the group (see ``UnitGroup.spans``)."""
+    if not units:
+        return ()
+    block = width // interleave
+    spans = {frozenset(((m.root % block) // unit_size).tolist()) for m in members if len(m.root)}
+    return tuple(sorted((s for s in spans if len(s) < units), key=min))
 
 
 def _pop(stack: list[str]) -> None:
@@ -521,6 +561,30 @@ def free_parameter_axis(node: Any, count: int, width: int) -> int | None:
     if int(param.shape[axis]) != width or count > width:
         return None
     return int(axis)
+
+
+def head_parameter_axis(node: Any, ref: AttentionRef) -> int | None:
+    """The head axis of an attention block's own free parameter that has one entry per head
+    (Swin's relative-position bias table, ``(positions, heads)``), else None.
+
+    Torch-Pruning reaches it through the attention scores and cuts it at the *channel*
+    positions of the removed heads; it needs the head numbers instead (``_cut_head_parameters``).
+    """
+    axis = getattr(node, "pruning_dim", None)
+    param = node.module
+    if axis is None or not isinstance(param, torch.Tensor) or param.dim() < 2:
+        return None
+    return int(axis) if int(param.shape[axis]) == ref.num_heads else None
+
+
+def _cut_head_parameters(tp_group: Any, ref: AttentionRef) -> None:
+    """Give each per-head parameter of ``ref`` the removed heads, not their channels."""
+    for k, item in enumerate(tp_group.items):
+        node = item.dep.target
+        if node.type != OPTYPE.PARAMETER or head_parameter_axis(node, ref) is None:
+            continue
+        heads = sorted({int(i) // ref.head_dim for i in item.idxs})
+        tp_group[k] = item._replace(idxs=heads)
 
 
 def _caching_configs(model: nn.Module) -> list[Any]:

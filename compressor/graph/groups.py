@@ -163,6 +163,9 @@ class UnitGroup:
         blocked: why the group must not be pruned (None when it may).
         unsupported: ``name (type)`` of modules in the group that the engine cannot edit.
         attention: the attention module whose heads these are (head groups only).
+        spans: the units each member reads when that is not all of them (the pieces of a
+            split by stored sizes, MixNet's mixed convolutions): each must keep one unit,
+            or its layer would be left with no channels.
     """
 
     id: str
@@ -176,6 +179,7 @@ class UnitGroup:
     blocked: str | None = None
     unsupported: tuple[str, ...] = ()
     attention: Any = None
+    spans: tuple[frozenset[int], ...] = ()
     handle: Any = field(default=None, repr=False)  # engine-private (the dependency root)
 
     @property

@@ -82,9 +82,28 @@ def global_counts(
     }
 
 
-def lowest(scores: torch.Tensor, count: int) -> list[int]:
-    """The ``count`` units with the lowest scores (ties: lower index first)."""
-    return sorted(torch.argsort(scores, stable=True)[:count].tolist())
+def lowest(scores: torch.Tensor, count: int, spans: tuple[frozenset[int], ...] = ()) -> list[int]:
+    """The ``count`` units with the lowest scores (ties: lower index first), skipping any unit
+    that would be the last one left of a span (``UnitGroup.spans``: a layer reading only those
+    units would lose all its channels). Fewer than ``count`` only if the spans allow no more."""
+    order = torch.argsort(scores, stable=True).tolist()
+    if not spans:
+        return sorted(order[:count])
+    left = [len(span) for span in spans]
+    member_of: dict[int, list[int]] = {}
+    for i, span in enumerate(spans):
+        for unit in span:
+            member_of.setdefault(unit, []).append(i)
+    chosen = []
+    for unit in order:
+        if len(chosen) == count:
+            break
+        if any(left[i] == 1 for i in member_of.get(unit, ())):
+            continue
+        chosen.append(unit)
+        for i in member_of.get(unit, ()):
+            left[i] -= 1
+    return sorted(chosen)
 
 
 def search_fraction(

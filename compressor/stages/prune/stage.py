@@ -171,7 +171,9 @@ def prune_step(
     for g in groups:
         if counts.get(g.id):
             check_supported(g)
-    removals = {g.id: sched.lowest(scores[g.id], counts[g.id]) for g in groups if counts.get(g.id)}
+    removals = {
+        g.id: sched.lowest(scores[g.id], counts[g.id], g.spans) for g in groups if counts.get(g.id)
+    }
     # Under torchrun, rank 0 decides and every rank removes the same units.
     removals = ctx.broadcast(removals)
     for g in groups:
