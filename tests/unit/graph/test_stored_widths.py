@@ -28,7 +28,9 @@ def _ignoring(model, group, units):
     gone = set(group.channels(units))
     with torch.no_grad():
         for member in group.consumers():
-            cols = [int(i) for i, r in zip(member.index, member.root, strict=True) if int(r) in gone]
+            cols = [
+                int(i) for i, r in zip(member.index, member.root, strict=True) if int(r) in gone
+            ]
             layer = ref.get_submodule(member.name)
             per_group = layer.weight.shape[1]
             if getattr(layer, "groups", 1) > 1:  # grouped conv: input c is column c % per_group
