@@ -33,7 +33,7 @@ QKV_NAMES = (
     ("q_lin", "k_lin", "v_lin"),
     ("q", "k", "v"),
 )
-PACKED_NAMES = ("qkv", "c_attn")
+PACKED_NAMES = ("qkv", "c_attn", "to_qkv")
 
 
 @dataclass(frozen=True)

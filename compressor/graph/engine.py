@@ -64,7 +64,7 @@ from compressor.graph.support import (
 from compressor.graph.tracing import (
     INDEX_BUDGET,
     DependencyGraph,
-    IndexBudgetExceeded,
+    FannedOut,
     index_budget,
 )
 from compressor.patterns import matches
@@ -120,25 +120,15 @@ class StructureGraph:
             # MLP width; an attention at the top level makes every module its block.
             prefixes = {(block_prefix(r.name) + ".").lstrip(".") for r in attention.values()}
             roots = (*_ROOT_TYPES, *transposed_linear_types(self.model))
-            try:
-                with index_budget(self._dg):
-                    self._groups = _unique_ids(
-                        [
-                            self._describe(g, attention, prefixes)
-                            for g in self._dg.get_all_groups(
-                                ignored_layers=[], root_module_types=roots
-                            )
-                        ]
-                    )
-            except IndexBudgetExceeded as e:
-                raise StageError(
-                    f"graph analysis of {type(self.model).__name__} stopped: the channels of "
-                    f"{self._names.get(e.root, '?')!r} fan out to over {INDEX_BUDGET:,} positions "
-                    "through reshapes (window attention, as in MaxViT, moves channels across "
-                    "spatial windows), which the engine cannot prune in bounded memory",
-                    hint="structured pruning of this architecture is not supported; distil into "
-                    "a smaller model of the same family instead",
-                ) from None
+            with index_budget(self._dg):
+                self._groups = _unique_ids(
+                    [
+                        self._fanned_out(g)
+                        if isinstance(g, FannedOut)
+                        else self._describe(g, attention, prefixes)
+                        for g in self._dg.get_all_groups(ignored_layers=[], root_module_types=roots)
+                    ]
+                )
         return list(self._groups)
 
     def prunable(self) -> list[UnitGroup]:
@@ -212,6 +202,7 @@ class StructureGraph:
                 }
             )
         tp_group.prune(record_history=False)
+        self._cut_extra_parameters(records)
         if group.attention is not None:
             group.attention.remove_heads(len(units))
         self._stored_widths.sync()
@@ -266,6 +257,24 @@ class StructureGraph:
                 hint="add the last layers to 'ignore:' and report the model",
             )
 
+    def _cut_extra_parameters(self, records: list[dict[str, Any]]) -> None:
+        """Cut a layer's own parameters beyond weight and bias that hold one entry per output
+        channel (timm's ``ScaledStdConv2d.gain``, ``(out, 1, 1, 1)``): Torch-Pruning's editors
+        know only weight and bias, and the layer then fails to run."""
+        for record in records:
+            if record["dim"] != "out" or record["module"] not in self._modules_by_name:
+                continue
+            module = self._modules_by_name[record["module"]]
+            if not isinstance(module, (_ConvNd, nn.Linear)):
+                continue
+            kept = torch.tensor(record["kept"], dtype=torch.long)
+            for attr, param in list(module._parameters.items()):
+                if attr in ("weight", "bias") or param is None:
+                    continue
+                if param.dim() and param.shape[0] == record["size_before"]:
+                    cut = param.detach().index_select(0, kept).clone()
+                    module._parameters[attr] = nn.Parameter(cut, requires_grad=param.requires_grad)
+
     def _parameter_record(self, group: UnitGroup, item: Any) -> dict[str, Any]:
         node = item.dep.target
         axis = int(node.pruning_dim)
@@ -285,6 +294,7 @@ class StructureGraph:
     def _trace(self) -> None:
         model = self.model
         self._names = {m: n for n, m in model.named_modules()}
+        self._modules_by_name = {n: m for m, n in self._names.items()}
         self._order = {n: i for i, (n, _) in enumerate(model.named_modules())}
         # Float inputs become leaves of the autograd graph, so that an op mixing an input into
         # a group (a residual from the input) is seen and the group protected.
@@ -354,6 +364,7 @@ class StructureGraph:
         free_owners: list[str] = []
         param_owners: list[str] = []
         per_head: list[tuple[str, Any, str]] = []  # parameters that may be indexed by head
+        axis_reader: str | None = None
         touches: set[str] = set()
         for item in tp_group:
             node = item.dep.target
@@ -378,6 +389,12 @@ class StructureGraph:
             if any(r is None for r in item.root_idxs):
                 touches.add("irregular")
                 continue
+            count = channel_count(node.module, role_of(node.module, out_side))
+            if count is not None and item.idxs and max(item.idxs) >= count:
+                # Channels mapped past the layer's width: it reads them along another axis
+                # (MLP-Mixer's token-mixing Linear, applied to the transposed stream).
+                touches.add("other axis")
+                axis_reader = axis_reader or name
             if unsupported_reason(node.module):
                 unsupported.append(f"{name} ({type(node.module).__name__})")
             members.append(
@@ -443,6 +460,11 @@ class StructureGraph:
             blocked = "it sets the width of a model output"
         elif "input" in touches:
             blocked = "it is tied to a model input (e.g. a residual from the input)"
+        elif "other axis" in touches and not unsupported:  # else that error says more
+            blocked = (
+                f"{axis_reader} reads these channels along another axis (a layer applied to "
+                "the transposed tensor, as MLP-Mixer's token mixing), so they cannot be cut"
+            )
         elif hidden and not self.prune_hidden:
             blocked = "it is the hidden size (set prune_hidden to prune it)"
         elif irregular or "irregular" in touches or width % (interleave * unit_size):
@@ -464,6 +486,30 @@ class StructureGraph:
             attention=ref,
             spans=spans,
             handle=(root, root_fn),
+        )
+
+    def _fanned_out(self, fanned: FannedOut) -> UnitGroup:
+        """A group whose channels the analysis could not follow in bounded memory: blocked,
+        named after its root and the layers it had reached."""
+        root = fanned.root
+        name = self._names.get(root, "?")
+        found = {n for m, n in self._names.items() if id(m) in fanned.reached and n != name}
+        others = sorted(found, key=lambda n: self._order.get(n, 0))
+        width = channel_count(root, PRODUCER) or 0
+        return UnitGroup(
+            id=name,
+            kind=CHANNELS,
+            width=width,
+            interleave=1,
+            unit_size=1,
+            members=[],
+            names=(name, *others),
+            blocked=(
+                f"its channels fan out to over {INDEX_BUDGET:,} positions through reshapes "
+                "(window attention, as in Swin and MaxViT, moves them across spatial "
+                "windows), which the engine cannot follow in bounded memory"
+            ),
+            handle=(root, None),
         )
 
     def _interleave(

@@ -26,24 +26,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch_pruning as tp
-from torch_pruning.dependency import index_mapping as _tp_index_mapping
+from torch_pruning.dependency.group import Group as _TPGroup
 from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 from torch_pruning.ops import OPTYPE
 
 from compressor.graph.layers import customized_pruners, is_transposed_linear
 
-# Channel positions one group may fan out to through reshapes before the analysis stops.
-# A CNN's flatten into its classifier (VGG: 512 channels x 7 x 7 = 25,088) stays far below;
-# MaxViT's window partitions multiply every channel by the window area at every block and
-# grew past 17 GB of Python index objects.
+# Channel positions one group may hold (summed over its members) before the analysis gives
+# up on it. A ViT-B stream group holds about 150,000 (768 channels x ~180 links), a CNN's
+# flatten into its classifier (VGG: 512 channels x 7 x 7) about 25,000 per link; window
+# attention (torchvision's Swin, MaxViT) multiplies every channel by the window area at each
+# reshape, and MaxViT grew past 17 GB of Python index objects. 2,000,000 positions are about
+# 0.2 GB: the bound on what one group may cost.
 INDEX_BUDGET = 2_000_000
 
 
 class IndexBudgetExceeded(Exception):
-    """A group's channels fanned out to more than :data:`INDEX_BUDGET` positions."""
+    """A group held more than :data:`INDEX_BUDGET` channel positions."""
 
     def __init__(self, root: Any, count: int):
         super().__init__(f"{count} positions")
@@ -52,27 +55,46 @@ class IndexBudgetExceeded(Exception):
 
 @contextlib.contextmanager
 def index_budget(dg: DependencyGraph, limit: int = INDEX_BUDGET) -> Iterator[None]:
-    """Bound, per group, the channel positions Torch-Pruning's flatten mapping creates.
+    """Bound, per group, the channel positions Torch-Pruning collects while building it.
 
-    Its ``_FlattenIndexMapping`` turns each channel into ``stride`` Python objects; chained
-    through window reshapes the lists explode in time and memory, with no error. While this
-    context is active, building a group raises :class:`IndexBudgetExceeded` past ``limit``.
+    Torch-Pruning's ``_FlattenIndexMapping`` turns each channel into ``stride`` Python
+    objects, and every later link of the group holds its own list; chained through window
+    reshapes the lists explode in time and memory, with no error. While this context is
+    active, building a group raises :class:`IndexBudgetExceeded` past ``limit`` positions,
+    and the layers it reached so far are recorded (``dg._index_seen``: ids of the layers
+    whose outputs are in it) so that they are not tried again as roots.
     """
-    cls = _tp_index_mapping._FlattenIndexMapping
-    original = cls.__call__
+    original_add, original_has = _TPGroup.add_dep, _TPGroup.has_pruning_op
 
-    def guarded(self, idxs):
-        out = original(self, idxs)
-        dg._index_count += len(out)
+    def counted(group, dep, idxs):
+        dg._index_count += len(idxs)
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            dg._index_seen.add(id(dep.target.module))
         if dg._index_count > limit:
             raise IndexBudgetExceeded(dg._index_root, dg._index_count)
-        return out
+        group.__dict__.setdefault("_ops", set()).add((dep.target, dep.handler, tuple(idxs)))
+        return original_add(group, dep, idxs)
 
-    cls.__call__ = guarded
+    def has(group, dep, idxs):
+        # Torch-Pruning compares with every op of the group (quadratic: ReXNet's partial
+        # residuals kept one group growing for over 5 minutes); the same test, hashed.
+        return (dep.target, dep.handler, tuple(idxs)) in group.__dict__.get("_ops", ())
+
+    _TPGroup.add_dep, _TPGroup.has_pruning_op = counted, has
     try:
         yield
     finally:
-        cls.__call__ = original
+        _TPGroup.add_dep, _TPGroup.has_pruning_op = original_add, original_has
+
+
+@dataclass
+class FannedOut:
+    """A group :func:`get_all_groups` could not build within the budget: its root, how many
+    positions it had reached, and the ids of the layers it had reached."""
+
+    root: Any
+    count: int
+    reached: set[int]
 
 
 class DependencyGraph(tp.DependencyGraph):
@@ -80,9 +102,43 @@ class DependencyGraph(tp.DependencyGraph):
 
     _index_count = 0
     _index_root: Any = None
+    _index_seen: set[int] = set()  # noqa: RUF012  (replaced per group)
+
+    def get_all_groups(self, ignored_layers=(), root_module_types=()):
+        """Torch-Pruning's loop over root layers, except that a group whose channels fan out
+        past the budget (window attention: torchvision's Swin, MaxViT) is yielded as a
+        :class:`FannedOut` instead of ending the analysis, so that the model's other groups
+        (its MLP widths) can still be pruned. Its layers are
+        not offered as roots again (each would fan out the same way): the layers it had
+        reached when it was stopped."""
+        visited: set[int] = set()
+        ignored = {id(m) for m in [*ignored_layers, *self.IGNORED_LAYERS_IN_TRACING]}
+        for module in list(self.module2node.keys()):
+            if id(module) in ignored or not isinstance(module, tuple(root_module_types)):
+                continue
+            pruner = self.get_pruner_of_module(module)
+            if pruner is None or pruner.get_out_channels(module) is None:
+                continue
+            if id(module) in visited:
+                continue
+            channels = pruner.get_out_channels(module)
+            try:
+                group = self.get_pruning_group(
+                    module, pruner.prune_out_channels, list(range(channels))
+                )
+            except IndexBudgetExceeded as e:
+                reached = {*self._index_seen, id(module)}
+                visited |= reached
+                yield FannedOut(module, e.count, reached)
+                continue
+            for dep, _ in group:
+                if self.is_out_channel_pruning_fn(dep.handler):
+                    visited.add(id(dep.target.module))
+            yield group
 
     def get_pruning_group(self, module, pruning_fn, idxs):
         self._index_count, self._index_root = 0, module  # the budget is per group
+        self._index_seen = set()
         refresh_split_offsets(self)  # an earlier removal may have narrowed a split
         return super().get_pruning_group(module, pruning_fn, idxs)
 
