@@ -429,13 +429,9 @@ def phase_setup(spec: Spec, work: Path) -> dict[str, Any]:
     return {**prep, **analysis}
 
 
-def phase_verify(spec: Spec, work: Path) -> dict[str, Any]:
-    """compress's output checked (when there is one), then Torch-Pruning on a fresh copy."""
-    check = phase_check(spec, work) if (work / "out" / "model.safetensors").exists() else {}
-    return {**check, **phase_tp(spec, work)}
-
-
-PHASES = {"setup": phase_setup, "verify": phase_verify}
+# compress's check and Torch-Pruning run in separate processes: Torch-Pruning past the
+# memory or time limit (Swin, MaxViT, ReXNet) must not take the check of compress with it.
+PHASES = {"setup": phase_setup, "check": phase_check, "tp": phase_tp}
 
 
 def worker(key: str, phase: str, work: Path) -> None:
@@ -506,8 +502,13 @@ def sweep_one(spec: Spec, *, timeout: float, mem_gb: float, keep: bool) -> dict[
         row.update(status="refused", message=_message(output))
     elif rc != 0:
         row.update(status="crash", message=_message(output))
-    verify = phase("verify", limit)
+    verify = phase("check", limit) if (work / "out" / "model.safetensors").exists() else {}
+    theirs = phase("tp", limit)
+    if "tp_status" not in theirs:  # killed at the limit, or failed outside pruning
+        theirs.update(tp_status="crash", tp_message=theirs.get("error"))
+    theirs.pop("error", None)
     row.update(verify)
+    row.update(theirs)
     if rc == 0 and not killed:
         if "check_error" in verify or "error" in verify:
             row.update(status="wrong", message=verify.get("check_error") or verify.get("error"))
@@ -521,8 +522,6 @@ def sweep_one(spec: Spec, *, timeout: float, mem_gb: float, keep: bool) -> dict[
             row.update(status="correct", message="")
         if "params_after" in verify:
             row["params_ratio"] = round(verify["params_after"] / prep["params"], 3)
-    if "tp_status" not in verify:
-        row.update(tp_status="crash", tp_message=verify.get("error"))
     if not keep:
         subprocess.run(["rm", "-rf", tmp], check=False)
     else:

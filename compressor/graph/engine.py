@@ -120,7 +120,7 @@ class StructureGraph:
             # MLP width; an attention at the top level makes every module its block.
             prefixes = {(block_prefix(r.name) + ".").lstrip(".") for r in attention.values()}
             roots = (*_ROOT_TYPES, *transposed_linear_types(self.model))
-            with index_budget(self._dg):
+            with index_budget(self._dg, INDEX_BUDGET):
                 self._groups = _unique_ids(
                     [
                         self._fanned_out(g)
