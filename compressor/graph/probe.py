@@ -92,3 +92,51 @@ def count_prunable_groups(model: nn.Module, example_inputs: Mapping[str, torch.T
         raise
     except Exception:  # a forward that needs real values: trace a real copy instead
         return len(StructureGraph(copy.deepcopy(model), example_inputs).prunable())
+
+
+def breaking_removals(
+    model: nn.Module,
+    example_inputs: Mapping[str, torch.Tensor],
+    removals: Mapping[str, list[int]],
+    *,
+    ignore: Iterable[str] = (),
+    prune_hidden: bool = False,
+) -> dict[str, str]:
+    """The groups of ``removals`` whose removal makes ``model``'s forward fail, each with the
+    error, found on meta copies (shapes only: no memory, no arithmetic); ``model`` is never
+    modified.
+
+    A module may use a channel count the engine does not see (a reshape to a stored head
+    count, a split by stored sizes, a filter with a stored channel count: LeViT, XCiT,
+    PVT-v2, TResNet); removing such a group breaks the model, and without this probe the
+    whole stage was refused. Removals are applied in order, the forward checked after each;
+    a failing group is recorded and the copy rebuilt with the good ones so far. Returns ``{}``
+    when the forward cannot run on meta tensors (data-dependent control flow): the real edit's
+    own check still refuses a broken model.
+    """
+    pending = list(removals.items())
+    good: list[tuple[str, list[int]]] = []
+    bad: dict[str, str] = {}
+    try:
+        while pending:
+            copy_ = meta_copy(model)
+            inputs = {k: v.to("meta") for k, v in example_inputs.items()}
+            graph = StructureGraph(copy_, inputs, ignore=ignore, prune_hidden=prune_hidden)
+            groups = {g.id: g for g in graph.groups()}
+            for group_id, units in good:
+                graph.remove(groups[group_id], units)
+            rest, pending = pending, []
+            for i, (group_id, units) in enumerate(rest):
+                graph.remove(groups[group_id], units)
+                try:
+                    graph.verify()
+                except CompressError as e:
+                    bad[group_id] = e.message if hasattr(e, "message") else str(e)
+                    pending = rest[i + 1 :]
+                    break
+                good.append((group_id, units))
+    except CompressError:
+        raise
+    except Exception:
+        return {}
+    return bad

@@ -49,7 +49,7 @@ from compressor.graph import (
 from compressor.graph import schedule as sched
 from compressor.graph.depth import blocks_to_remove, count_blocks, remove_least_influential
 from compressor.graph.importance import score_groups
-from compressor.graph.probe import WidthProbe
+from compressor.graph.probe import WidthProbe, breaking_removals
 from compressor.stages.prune.config import PruneConfig, fixed_amount
 from compressor.stages.prune.decoder import is_decoder, prune_decoder_stage
 from compressor.stages.registry import (
@@ -174,6 +174,31 @@ def prune_step(
     removals = {
         g.id: sched.lowest(scores[g.id], counts[g.id], g.spans) for g in groups if counts.get(g.id)
     }
+    # A group whose removal would break the forward (a module reshaping by a count it
+    # stored) is kept whole, found on meta copies before the model is touched.
+    broken = breaking_removals(
+        model, state.inputs, removals, ignore=cfg.ignore, prune_hidden=cfg.hidden_prunable
+    )
+    if broken and len(broken) == len(removals):
+        first, why = next(iter(broken.items()))
+        raise StageError(
+            f"every group this step would prune breaks {type(model).__name__}'s forward "
+            f"({len(broken)} groups; {first!r}: {why})",
+            hint="the model uses channel counts the engine does not see; add the failing "
+            "modules to 'ignore:', or distil into a smaller model of the same family",
+        )
+    for group_id, why in broken.items():
+        del removals[group_id]
+        counts[group_id] = 0
+        blocked[group_id] = f"removing its units breaks the forward: {why}"
+        note = f"{group_id} kept whole: removing its units breaks the forward ({why[:160]})"
+        if note not in state.notes:
+            state.notes.append(note)
+    if broken:
+        ctx.log(
+            f"  {len(broken)} groups kept whole: removing their units breaks the forward "
+            f"(first: {next(iter(broken))})"
+        )
     # Under torchrun, rank 0 decides and every rank removes the same units.
     removals = ctx.broadcast(removals)
     for g in groups:

@@ -146,3 +146,37 @@ def test_extra_per_output_parameters_of_a_layer_follow_its_channels():
     assert torch.equal(model[0].gain.detach().flatten(), gain[kept])
     with torch.no_grad():
         assert torch.allclose(model(x), expected(x), atol=1e-5)
+
+
+class _StoredHeads(torch.nn.Module):
+    """fc1's output is reshaped by a stored head count: removing its units breaks the
+    forward (as LeViT's, XCiT's and PVT-v2's attention do); the other groups are fine."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = 3
+        self.fc1, self.fc2 = torch.nn.Linear(8, 12), torch.nn.Linear(12, 8)
+        self.fc3, self.fc4 = torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
+
+    def forward(self, x):
+        y = self.fc2(self.fc1(x).view(x.shape[0], self.heads, 4).flatten(1))
+        return self.fc4(torch.relu(self.fc3(y)))
+
+
+def test_groups_whose_removal_breaks_the_forward_are_found_on_meta_copies():
+    from compressor.graph.probe import breaking_removals
+
+    torch.manual_seed(0)
+    model = _StoredHeads()
+    x = torch.rand(2, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    removals = {"fc1": [0, 1, 2], "fc2": [0], "fc3": [0, 1]}
+    broken = breaking_removals(model, {"x": x}, removals)
+    assert list(broken) == ["fc1"] and "no longer runs" in broken["fc1"]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # The other two are removed for real, and the model runs.
+    graph = StructureGraph(model, {"x": x})
+    for group_id in ("fc2", "fc3"):
+        graph.remove(graph.group(group_id), removals[group_id])
+    graph.verify()
+    assert model.fc3.out_features == 14 and model.fc2.out_features == 7
