@@ -123,6 +123,11 @@ def breaking_removals(
             inputs = {k: v.to("meta") for k, v in example_inputs.items()}
             graph = StructureGraph(copy_, inputs, ignore=ignore, prune_hidden=prune_hidden)
             groups = {g.id: g for g in graph.groups()}
+            if not good and not bad:
+                try:  # the unedited copy must run on meta, or nothing can be learnt
+                    graph.verify()
+                except CompressError:
+                    return {}
             for group_id, units in good:
                 graph.remove(groups[group_id], units)
             rest, pending = pending, []
