@@ -70,6 +70,13 @@ def uninterrupted(plan, tmp_path_factory) -> Path:
     return out
 
 
+def _default_sigint() -> None:
+    # A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: the run would ignore the test's
+    # Ctrl-C and exit 0. The child gets the default disposition, as in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(plan: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -79,6 +86,7 @@ def start(plan: Path, out: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=_default_sigint,
     )
 
 
