@@ -262,9 +262,9 @@ class StructureGraph:
         channel (timm's ``ScaledStdConv2d.gain``, ``(out, 1, 1, 1)``): Torch-Pruning's editors
         know only weight and bias, and the layer then fails to run."""
         for record in records:
-            if record["dim"] != "out" or record["module"] not in self._modules_by_name:
+            if record["dim"] != "out":
                 continue
-            module = self._modules_by_name[record["module"]]
+            module = self.model.get_submodule(record["module"])
             if not isinstance(module, (_ConvNd, nn.Linear)):
                 continue
             kept = torch.tensor(record["kept"], dtype=torch.long)
@@ -294,7 +294,6 @@ class StructureGraph:
     def _trace(self) -> None:
         model = self.model
         self._names = {m: n for n, m in model.named_modules()}
-        self._modules_by_name = {n: m for m, n in self._names.items()}
         self._order = {n: i for i, (n, _) in enumerate(model.named_modules())}
         # Float inputs become leaves of the autograd graph, so that an op mixing an input into
         # a group (a residual from the input) is seen and the group protected.
@@ -470,9 +469,7 @@ class StructureGraph:
         elif irregular or "irregular" in touches or width % (interleave * unit_size):
             blocked = blocked or "its channels are coupled in a pattern the engine cannot split"
         extra = (ref.name,) if ref is not None else ()
-        units = width // (interleave * unit_size) if width % (interleave * unit_size) == 0 else 0
-        spans = _partial_spans(members, width, interleave, unit_size, units)
-        return UnitGroup(
+        group = UnitGroup(
             id=group_id,
             kind=kind,
             width=width,
@@ -484,9 +481,10 @@ class StructureGraph:
             blocked=blocked,
             unsupported=tuple(unsupported),
             attention=ref,
-            spans=spans,
             handle=(root, root_fn),
         )
+        group.spans = _partial_spans(group)
+        return group
 
     def _fanned_out(self, fanned: FannedOut) -> UnitGroup:
         """A group whose channels the analysis could not follow in bounded memory: blocked,
@@ -550,15 +548,10 @@ def _units_read(group: UnitGroup, member: Member) -> frozenset[int]:
     return frozenset(group.unit_of(member.root).tolist())
 
 
-def _partial_spans(
-    members: list[Member], width: int, interleave: int, unit_size: int, units: int
-) -> tuple[frozenset[int], ...]:
+def _partial_spans(group: UnitGroup) -> tuple[frozenset[int], ...]:
     """The unit sets of members that read only part of the group (see ``UnitGroup.spans``)."""
-    if not units:
-        return ()
-    block = width // interleave
-    spans = {frozenset(((m.root % block) // unit_size).tolist()) for m in members if len(m.root)}
-    return tuple(sorted((s for s in spans if len(s) < units), key=min))
+    spans = {_units_read(group, m) for m in group.members if len(m.root)}
+    return tuple(sorted((s for s in spans if len(s) < group.size), key=min))
 
 
 def _pop(stack: list[str]) -> None:

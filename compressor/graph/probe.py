@@ -136,7 +136,7 @@ def breaking_removals(
                 try:
                     graph.verify()
                 except CompressError as e:
-                    bad[group_id] = e.message if hasattr(e, "message") else str(e)
+                    bad[group_id] = e.message
                     pending = rest[i + 1 :]
                     break
                 good.append((group_id, units))

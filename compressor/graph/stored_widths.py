@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
 
-from compressor.graph.layers import in_features, is_linear, out_features
+from compressor.graph.groups import CONSUMER, PRODUCER, channel_count
+from compressor.graph.layers import is_linear
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,12 @@ def _split_sizes(module: nn.Module) -> list[_SplitSizes]:
 
 
 def in_channels_of(module: nn.Module) -> int | None:
-    if isinstance(module, _ConvNd):
-        return module.in_channels
-    return in_features(module) if is_linear(module) else None
+    """A convolution's or Linear's input width (None for any other module)."""
+    layer = isinstance(module, _ConvNd) or is_linear(module)
+    return channel_count(module, CONSUMER) if layer else None
 
 
 def out_channels_of(module: nn.Module) -> int | None:
-    if isinstance(module, _ConvNd):
-        return module.out_channels
-    return out_features(module) if is_linear(module) else None
+    """A convolution's or Linear's output width (None for any other module)."""
+    layer = isinstance(module, _ConvNd) or is_linear(module)
+    return channel_count(module, PRODUCER) if layer else None

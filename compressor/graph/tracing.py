@@ -48,10 +48,6 @@ INDEX_BUDGET = 2_000_000
 class IndexBudgetExceeded(Exception):
     """A group held more than :data:`INDEX_BUDGET` channel positions."""
 
-    def __init__(self, root: Any, count: int):
-        super().__init__(f"{count} positions")
-        self.root, self.count = root, count
-
 
 @contextlib.contextmanager
 def index_budget(dg: DependencyGraph, limit: int = INDEX_BUDGET) -> Iterator[None]:
@@ -71,7 +67,7 @@ def index_budget(dg: DependencyGraph, limit: int = INDEX_BUDGET) -> Iterator[Non
         if dg.is_out_channel_pruning_fn(dep.handler):
             dg._index_seen.add(id(dep.target.module))
         if dg._index_count > limit:
-            raise IndexBudgetExceeded(dg._index_root, dg._index_count)
+            raise IndexBudgetExceeded(f"{dg._index_count} positions")
         group.__dict__.setdefault("_ops", set()).add((dep.target, dep.handler, tuple(idxs)))
         return original_add(group, dep, idxs)
 
@@ -89,11 +85,10 @@ def index_budget(dg: DependencyGraph, limit: int = INDEX_BUDGET) -> Iterator[Non
 
 @dataclass
 class FannedOut:
-    """A group :func:`get_all_groups` could not build within the budget: its root, how many
-    positions it had reached, and the ids of the layers it had reached."""
+    """A group :func:`get_all_groups` could not build within the budget: its root and the
+    ids of the layers it had reached."""
 
     root: Any
-    count: int
     reached: set[int]
 
 
@@ -101,7 +96,6 @@ class DependencyGraph(tp.DependencyGraph):
     """``tp.DependencyGraph`` that edits ``Conv1D`` layers and reads GPT-2's graph right."""
 
     _index_count = 0
-    _index_root: Any = None
     _index_seen: set[int] = set()  # noqa: RUF012  (replaced per group)
 
     def get_all_groups(self, ignored_layers=(), root_module_types=()):
@@ -126,10 +120,10 @@ class DependencyGraph(tp.DependencyGraph):
                 group = self.get_pruning_group(
                     module, pruner.prune_out_channels, list(range(channels))
                 )
-            except IndexBudgetExceeded as e:
+            except IndexBudgetExceeded:
                 reached = {*self._index_seen, id(module)}
                 visited |= reached
-                yield FannedOut(module, e.count, reached)
+                yield FannedOut(module, reached)
                 continue
             for dep, _ in group:
                 if self.is_out_channel_pruning_fn(dep.handler):
@@ -137,8 +131,7 @@ class DependencyGraph(tp.DependencyGraph):
             yield group
 
     def get_pruning_group(self, module, pruning_fn, idxs):
-        self._index_count, self._index_root = 0, module  # the budget is per group
-        self._index_seen = set()
+        self._index_count, self._index_seen = 0, set()  # the budget is per group
         refresh_split_offsets(self)  # an earlier removal may have narrowed a split
         return super().get_pruning_group(module, pruning_fn, idxs)
 

@@ -79,3 +79,24 @@ def zero_columns(model: nn.Module, name: str, columns) -> nn.Module:
     with torch.no_grad():
         ref.get_submodule(name).weight[:, list(columns)] = 0
     return ref
+
+
+def ignoring_units(model: nn.Module, group, units) -> nn.Module:
+    """A copy of ``model`` whose consumers of ``group`` read nothing from ``units``."""
+    ref = copy.deepcopy(model).eval()
+    gone = set(group.channels(units))
+    with torch.no_grad():
+        for member in group.consumers():
+            cols = [
+                int(i) for i, r in zip(member.index, member.root, strict=True) if int(r) in gone
+            ]
+            layer = ref.get_submodule(member.name)
+            per_group = layer.weight.shape[1]
+            if getattr(layer, "groups", 1) > 1:  # grouped conv: input c is column c % per_group
+                for c in cols:
+                    g = c // per_group
+                    rows = layer.weight.shape[0] // layer.groups
+                    layer.weight[g * rows : (g + 1) * rows, c % per_group] = 0
+            else:
+                layer.weight[:, cols] = 0
+    return ref

@@ -17,30 +17,9 @@ from compressor.errors import StageError
 from compressor.formats.manifest import snapshot
 from compressor.graph import StructureGraph
 from compressor.graph.schedule import lowest
-from tests.unit.graph.helpers import rebuild
+from tests.unit.graph.helpers import ignoring_units, rebuild
 
 timm = pytest.importorskip("timm")
-
-
-def _ignoring(model, group, units):
-    """A copy of ``model`` whose consumers of ``group`` read nothing from ``units``."""
-    ref = copy.deepcopy(model).eval()
-    gone = set(group.channels(units))
-    with torch.no_grad():
-        for member in group.consumers():
-            cols = [
-                int(i) for i, r in zip(member.index, member.root, strict=True) if int(r) in gone
-            ]
-            layer = ref.get_submodule(member.name)
-            per_group = layer.weight.shape[1]
-            if getattr(layer, "groups", 1) > 1:  # grouped conv: input c is column c % per_group
-                for c in cols:
-                    g = c // per_group
-                    rows = layer.weight.shape[0] // layer.groups
-                    layer.weight[g * rows : (g + 1) * rows, c % per_group] = 0
-            else:
-                layer.weight[:, cols] = 0
-    return ref
 
 
 def _poolformer():
@@ -97,7 +76,7 @@ def test_mixnet_split_sizes_follow_each_branch_and_the_cut_is_exact():
     )
     assert group.spans, "the pieces of the split are spans that must each keep a unit"
     units = lowest(torch.arange(group.size, dtype=torch.float), group.size // 3, group.spans)
-    expected = _ignoring(model, group, units)
+    expected = ignoring_units(model, group, units)
     graph.remove(group, units)
     graph.verify()
     assert mixed.splits == [c.in_channels for c in mixed.values()]
@@ -120,7 +99,7 @@ def test_mixnet_concatenated_branches_into_a_split_of_other_sizes_cut_exactly():
     group = next(g for g in graph.prunable() if any(m.module is dw["2"] for m in g.members))
     scores = torch.rand(group.size, generator=torch.Generator().manual_seed(0))
     units = lowest(scores, group.size // 3, group.spans)
-    expected = _ignoring(model, group, units)
+    expected = ignoring_units(model, group, units)
     graph.remove(group, units)
     graph.verify()
     assert dw.splits == [c.in_channels for c in dw.values()] and sum(dw.splits) < 480

@@ -30,7 +30,7 @@ def test_torchvision_swin_window_attention_blocks_its_stream_but_prunes_its_mlps
 
     from torchvision.models.swin_transformer import SwinTransformer
 
-    from tests.unit.graph.test_stored_widths import _ignoring
+    from tests.unit.graph.helpers import ignoring_units
 
     def swin():
         torch.manual_seed(0)
@@ -52,7 +52,7 @@ def test_torchvision_swin_window_attention_blocks_its_stream_but_prunes_its_mlps
     assert sorted(g.id for g in mlps) == ["features.1.0.mlp.0", "features.3.0.mlp.0"]
     for group in mlps:
         units = list(range(0, group.size, 3))
-        expected = _ignoring(model, group, units)
+        expected = ignoring_units(model, group, units)
         graph.remove(group, units)
         graph.verify()
         with torch.no_grad():
@@ -66,7 +66,7 @@ def test_maxvit_attention_is_recognised_so_its_stream_is_kept_and_the_rest_prune
     # width: the stream must stay (the hidden size); MBConv and MLP widths prune.
     from torchvision.models.maxvit import MaxVit
 
-    from tests.unit.graph.test_stored_widths import _ignoring
+    from tests.unit.graph.helpers import ignoring_units
 
     torch.manual_seed(0)
     model = MaxVit(
@@ -90,7 +90,7 @@ def test_maxvit_attention_is_recognised_so_its_stream_is_kept_and_the_rest_prune
     mlp = next(g for g in chosen if "mlp_layer" in g.id)
     for group in (mbconv, graph.group(mlp.id)):
         units = list(range(0, group.size, 4))
-        expected = _ignoring(model, group, units)
+        expected = ignoring_units(model, group, units)
         graph.remove(group, units)
         graph.verify()
         with torch.no_grad():
@@ -103,7 +103,7 @@ def test_token_mixing_layers_block_the_stream_with_the_reason(name):
     # along the token axis; Torch-Pruning maps them past its width (an IndexError used to
     # escape as an internal error). The stream is blocked, the channel MLPs prune exactly.
     timm = pytest.importorskip("timm")
-    from tests.unit.graph.test_stored_widths import _ignoring
+    from tests.unit.graph.helpers import ignoring_units
 
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, img_size=32, num_classes=10).eval()
@@ -113,7 +113,7 @@ def test_token_mixing_layers_block_the_stream_with_the_reason(name):
     assert stream.blocked and "another axis" in stream.blocked and "token" in stream.blocked
     group = graph.group("blocks.0.mlp_channels.fc1")
     units = list(range(0, group.size, 5))
-    expected = _ignoring(model, group, units)
+    expected = ignoring_units(model, group, units)
     graph.remove(group, units)
     graph.verify()
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_extra_per_output_parameters_of_a_layer_follow_its_channels():
     pytest.importorskip("timm")
     from timm.layers import ScaledStdConv2d
 
-    from tests.unit.graph.test_stored_widths import _ignoring
+    from tests.unit.graph.helpers import ignoring_units
 
     torch.manual_seed(0)
     # The consumer is a plain conv: a standardised one would re-standardise its fan-in.
@@ -138,7 +138,7 @@ def test_extra_per_output_parameters_of_a_layer_follow_its_channels():
     x = torch.rand(1, 3, 16, 16)
     graph = StructureGraph(model, {"input": x})
     group = graph.group("0")
-    expected = _ignoring(model, group, [1, 5, 6])
+    expected = ignoring_units(model, group, [1, 5, 6])
     graph.remove(group, [1, 5, 6])
     graph.verify()
     kept = [i for i in range(12) if i not in (1, 5, 6)]
